@@ -1,0 +1,158 @@
+"""The ``edgeprune`` command line: a thin typer shell, each command calls one public function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgeprune.errors import EdgepruneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune transformer models and get them ready for devices.")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Turn EdgepruneError into a one-line message and exit code 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgepruneError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing was written", 130)
+
+    return wrapper
+
+
+def _key_values(items: list[str], what: str) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise EdgepruneError(f"{what} '{item}' is not KEY=VALUE", f"write it like --{what} name=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _typed(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+class _LayerProgress:
+    """A rich progress bar for per-layer work: layers done and the time left."""
+
+    def __init__(self, description: str):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), transient=False,
+        )
+        self.description = description
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(self.description, total=total)
+        self.progress.update(self.task, completed=done)
+
+
+@app.command()
+@user_errors
+def prune(
+    model: str = typer.Argument(..., help="HF folder, .gguf file, Hub id, or bundled alias (smollm2-135m, minilm-l6)"),
+    out: Path = typer.Option(..., "--out", help="output folder (a Hugging Face model folder)"),
+    method: str = typer.Option("attention", help="pruning method; see `edgeprune list`"),
+    sparsity: str = typer.Option("2:4", help="fraction in (0,1) such as 0.5, or N:M such as 2:4"),
+    calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    samples: int = typer.Option(32, help="calibration sequences"),
+    seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
+    seed: int = typer.Option(0, help="seed for choosing calibration windows"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    override: List[str] = typer.Option([], help="per-layer override GLOB=SPEC, e.g. '*.down_proj=dense' or '*layers.0.*=4:8'"),
+    option: List[str] = typer.Option([], help="method hyperparameter KEY=VALUE, e.g. steps=60"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Prune MODEL and write a Hugging Face folder with zeros in the weights and edgeprune.json."""
+    from edgeprune.data import CalibConfig
+    from edgeprune.pruning import PruneConfig, prune as run_prune
+
+    config = PruneConfig(
+        method=method,
+        sparsity=sparsity,
+        calib=CalibConfig(calib, samples, seqlen, seed),
+        device=device,
+        overrides=_key_values(override, "override"),
+        options={k: _typed(v) for k, v in _key_values(option, "option").items()},
+    )
+    with _LayerProgress(f"{method} {sparsity}") as bar:
+        report = run_prune(model, out, config, overwrite=overwrite, progress=bar)
+    overall = sum(l.sparsity * l.shape[0] * l.shape[1] for l in report.layers) / sum(l.shape[0] * l.shape[1] for l in report.layers)
+    typer.echo(f"pruned {len(report.layers)} linear layers to {overall:.1%} sparsity in {report.seconds:.0f}s → {out}")
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    model: str = typer.Argument(..., help="model folder or alias"),
+    text: str = typer.Option("pydoc", help="held-out text: pydoc (its held-out split) or a .txt/.jsonl file"),
+    reference: Optional[str] = typer.Option(None, help="dense model to compare with (default: the source in edgeprune.json)"),
+    seqlen: int = typer.Option(512, help="tokens per perplexity window"),
+    max_windows: Optional[int] = typer.Option(None, help="evaluate at most this many windows"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result to this JSON file"),
+):
+    """Perplexity (decoders) or embedding cosine to the dense model (encoders), plus attention error per layer."""
+    from edgeprune.evaluation import evaluate
+    from edgeprune.io import write_json
+
+    result = evaluate(model, text=text, reference=reference, seqlen=seqlen, max_windows=max_windows, device=device)
+    if json_out:
+        write_json(json_out, json.loads(result.to_json()))
+    typer.echo(result.to_json())
+
+
+@app.command("list")
+def list_():
+    """Registered pruning methods, architectures, sparsity patterns and bundled models."""
+    from edgeprune.models import ADAPTERS
+    from edgeprune.models.loading import BUNDLED
+    from edgeprune.pruning import PRUNERS
+
+    typer.echo("pruning methods: " + ", ".join(PRUNERS.names()))
+    typer.echo("architectures:   " + ", ".join(f"{n} ({', '.join(c.model_types)})" for n, c in ADAPTERS.items()))
+    typer.echo("sparsity:        any fraction in (0,1); N:M with 0<N<M, e.g. 1:4, 2:4, 4:8, 2:8")
+    typer.echo("bundled models:")
+    for alias, entry in BUNDLED.items():
+        typer.echo(f"  {alias:14s} {entry.description}")
+
+
+def main() -> None:  # console-script entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

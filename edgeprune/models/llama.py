@@ -1,0 +1,70 @@
+"""Llama-family decoders (Llama, Mistral, Qwen2, SmolLM): pre-norm blocks, GQA, RoPE, SwiGLU MLP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgeprune.models.base import Adapter, AttentionParts
+from edgeprune.models.registry import ADAPTERS
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _apply_rope(q: torch.Tensor, k: torch.Tensor, context) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = context  # [1, seq, head_dim], broadcast over batch and heads
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+@ADAPTERS.register("llama")
+class LlamaAdapter(Adapter):
+    family = "llama"
+    model_types = ("llama", "mistral", "qwen2", "smollm", "smollm3")
+    task = "text-generation"
+
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        return list(model.model.layers)
+
+    def block_prefix(self, model: nn.Module, index: int) -> str:
+        return f"model.layers.{index}"
+
+    def stages(self, block: nn.Module) -> list[dict[str, nn.Linear]]:
+        attn, mlp = block.self_attn, block.mlp
+        return [
+            {"self_attn.q_proj": attn.q_proj, "self_attn.k_proj": attn.k_proj, "self_attn.v_proj": attn.v_proj},
+            {"self_attn.o_proj": attn.o_proj},
+            {"mlp.gate_proj": mlp.gate_proj, "mlp.up_proj": mlp.up_proj},
+            {"mlp.down_proj": mlp.down_proj},
+        ]
+
+    def embed(self, model: nn.Module, input_ids: torch.Tensor):
+        hidden = model.model.embed_tokens(input_ids)
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        cos, sin = model.model.rotary_emb(hidden, positions)
+        return hidden, (cos, sin)
+
+    def run_block(self, block: nn.Module, hidden: torch.Tensor, context) -> torch.Tensor:
+        # attention_mask=None with SDPA means causal attention over the full sequence.
+        out = block(hidden, attention_mask=None, position_embeddings=context)
+        return out[0] if isinstance(out, tuple) else out
+
+    def attention(self, block: nn.Module) -> AttentionParts:
+        attn = block.self_attn
+        cfg = attn.config
+        return AttentionParts(
+            q=attn.q_proj,
+            k=attn.k_proj,
+            q_name="self_attn.q_proj",
+            k_name="self_attn.k_proj",
+            num_heads=cfg.num_attention_heads,
+            num_kv_heads=cfg.num_key_value_heads,
+            head_dim=attn.head_dim,
+            causal=True,
+            scale=attn.scaling,
+            attn_input=block.input_layernorm,
+            rope=_apply_rope,
+        )

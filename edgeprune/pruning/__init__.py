@@ -1,0 +1,119 @@
+"""Pruning: methods register here; :func:`prune` runs one on a model and writes a HF folder.
+
+Flow: model + calibration → per-block statistics → masks (+ optional weight
+updates) → zeros in the weights → ``save_pretrained`` + ``edgeprune.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeprune.data import CalibConfig, calibration_batch
+from edgeprune.errors import EdgepruneError
+from edgeprune.pruning import attention, magnitude, sparsegpt, wanda  # noqa: F401  (register methods)
+from edgeprune.pruning.engine import Pruner, PruneReport, prune_model
+from edgeprune.pruning.registry import PRUNERS
+from edgeprune.sparsity import parse_sparsity
+
+METADATA_FILE = "edgeprune.json"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything ``edgeprune prune`` takes, as the Python API and recipes take it."""
+
+    method: str = "attention"
+    sparsity: str = "2:4"
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    device: str = "cpu"
+    overrides: dict[str, str] = field(default_factory=dict)  # glob on layer name → "dense" or a sparsity
+    options: dict[str, Any] = field(default_factory=dict)  # method hyperparameters
+    batch_size: int = 8
+
+
+def make_pruner(method: str, options: dict[str, Any] | None = None) -> Pruner:
+    cls = PRUNERS.get(method)
+    options = dict(options or {})
+    if cls.Config is None:
+        if options:
+            raise EdgepruneError(f"method '{method}' takes no options (got {', '.join(options)})", "drop the options")
+        return cls()
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EdgepruneError(f"unknown option '{unknown[0]}' for method '{method}'", f"known options: {', '.join(sorted(known))}")
+    return cls(cls.Config(**options))
+
+
+def _copy_extra_files(src: Path | None, dst: Path) -> None:
+    """Carry over files save_pretrained does not write (e.g. sentence-transformers pooling config)."""
+    if src is None or not src.is_dir():
+        return
+    for item in src.iterdir():
+        target = dst / item.name
+        if target.exists() or item.suffix in (".safetensors", ".bin", ".gguf", ".pt") or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, target)
+        elif item.suffix in (".json", ".txt", ".md", ".model"):
+            shutil.copy2(item, target)
+
+
+def prune(
+    model: str,
+    out: str | Path,
+    config: PruneConfig = PruneConfig(),
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PruneReport:
+    """Prune ``model`` (folder, .gguf, Hub id or bundled alias) and write a Hugging Face folder to ``out``."""
+    from edgeprune import __version__
+    from edgeprune.io import atomic_dir, check_out_dir, write_json
+    from edgeprune.models.loading import load_model
+    from edgeprune.runtime import resolve_device
+
+    spec = parse_sparsity(config.sparsity)
+    pruner = make_pruner(config.method, config.options)
+    device = resolve_device(config.device)
+    check_out_dir(out, overwrite)
+    loaded = load_model(model, device=device)
+    calib_ids = calibration_batch(loaded.tokenizer, config.calib)
+    report = prune_model(
+        loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress
+    )
+    with atomic_dir(out, overwrite) as tmp:
+        loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        _copy_extra_files(loaded.path if loaded.gguf_file is None else None, tmp)
+        meta = {
+            "edgeprune_version": __version__,
+            "source_model": loaded.source,
+            "architecture": loaded.adapter.family,
+            "task": loaded.adapter.task,
+            "method": report.method,
+            "sparsity": report.sparsity,
+            "settings": report.settings,
+            "overrides": dict(config.overrides),
+            "device": device,
+            "calibration": dataclasses.asdict(config.calib) | {"tokens": int(calib_ids.numel())},
+            "seconds": round(report.seconds, 2),
+            "overall_sparsity": _overall(report),
+            "layers": [dataclasses.asdict(layer) for layer in report.layers],
+            "attention_error": report.attention_error,
+            "diagnostics": report.diagnostics,
+        }
+        write_json(tmp / METADATA_FILE, meta)
+    return report
+
+
+def _overall(report: PruneReport) -> float:
+    total = sum(l.shape[0] * l.shape[1] for l in report.layers)
+    zeros = sum(l.sparsity * l.shape[0] * l.shape[1] for l in report.layers)
+    return round(zeros / max(total, 1), 6)
+
+
+__all__ = ["PRUNERS", "PruneConfig", "PruneReport", "Pruner", "make_pruner", "prune", "prune_model"]

@@ -1,0 +1,221 @@
+"""Sequential, layer-by-layer calibration: the plumbing every pruning method shares.
+
+Calibration tokens are embedded once; then each block is pruned in turn on the
+hidden states produced by the *already pruned* blocks before it, and its pruned
+output becomes the next block's input (as in SparseGPT and Wanda).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.models.base import Adapter
+from edgeprune.pruning.attention_math import attention_error, attention_probs
+from edgeprune.pruning.kernels import CrossHessian
+from edgeprune.sparsity import SparsitySpec, parse_sparsity
+
+
+@dataclass
+class LinearResult:
+    """A method's decision for one linear: the keep-mask, and optionally updated weights."""
+
+    mask: torch.Tensor
+    weight: torch.Tensor | None = None
+
+
+@dataclass
+class BlockContext:
+    """One block being pruned, with its calibration inputs and helpers to gather statistics."""
+
+    index: int
+    prefix: str
+    block: nn.Module
+    adapter: Adapter
+    inputs: torch.Tensor  # [samples, seq, hidden], outputs of the pruned blocks before
+    context: Any  # per-sequence extras every block call needs (e.g. rotary cos/sin)
+    specs: dict[str, SparsitySpec]  # per linear name (relative to the block); absent = keep dense
+    batch_size: int
+    dense_block: nn.Module  # an untouched copy of the block, for dense targets
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+
+    def batches(self):
+        for start in range(0, self.inputs.shape[0], self.batch_size):
+            yield self.inputs[start : start + self.batch_size]
+
+    def linears(self, block: nn.Module | None = None) -> dict[str, nn.Linear]:
+        return self.adapter.block_linears(self.block if block is None else block)
+
+    def stages(self) -> list[dict[str, nn.Linear]]:
+        """The block's linear stages, restricted to those that will be pruned."""
+        return [s for s in ({n: lin for n, lin in st.items() if n in self.specs} for st in self.adapter.stages(self.block)) if s]
+
+    @torch.no_grad()
+    def collect(self, names: list[str], make: Callable[[int], Any]) -> dict[str, Any]:
+        """Run the (partly pruned) block over all inputs; feed each named linear's inputs to an accumulator."""
+        linears = self.linears()
+        accs = {n: make(linears[n].in_features) for n in names}
+        handles = [
+            linears[n].register_forward_hook(lambda _m, inp, _out, acc=accs[n]: acc.add(inp[0].detach())) for n in names
+        ]
+        try:
+            for x in self.batches():
+                self.adapter.run_block(self.block, x, self.context)
+        finally:
+            for h in handles:
+                h.remove()
+        return accs
+
+    @torch.no_grad()
+    def collect_pairs(self, names: list[str]) -> dict[str, CrossHessian]:
+        """Like :meth:`collect`, pairing each linear's pruned-path input with its dense twin's input."""
+        pruned, dense = self.linears(), self.linears(self.dense_block)
+        seen: dict[tuple[str, str], torch.Tensor] = {}
+        handles = []
+        for n in names:
+            handles.append(pruned[n].register_forward_hook(lambda _m, i, _o, n=n: seen.__setitem__(("p", n), i[0].detach())))
+            handles.append(dense[n].register_forward_hook(lambda _m, i, _o, n=n: seen.__setitem__(("d", n), i[0].detach())))
+        accs = {n: CrossHessian(pruned[n].in_features, self.inputs.device) for n in names}
+        try:
+            for x in self.batches():
+                self.adapter.run_block(self.block, x, self.context)
+                self.adapter.run_block(self.dense_block, x, self.context)
+                for n in names:
+                    accs[n].add(seen[("p", n)], seen[("d", n)])
+        finally:
+            for h in handles:
+                h.remove()
+        return accs
+
+    def apply(self, results: dict[str, LinearResult]) -> None:
+        apply_results(self.linears(), results)
+
+
+def apply_results(linears: dict[str, nn.Linear], results: dict[str, LinearResult]) -> None:
+    """The one place where masks become zeros in weights."""
+    with torch.no_grad():
+        for name, res in results.items():
+            weight = linears[name].weight
+            new = weight if res.weight is None else res.weight.to(weight.dtype)
+            weight.copy_(new * res.mask.to(weight.device, weight.dtype))
+
+
+class Pruner(ABC):
+    """A pruning method. Subclasses decide masks for one block; the engine does the rest."""
+
+    name: str = ""
+    needs_calibration: bool = True
+    #: frozen dataclass of the method's hyperparameters, or None
+    Config: type | None = None
+
+    @abstractmethod
+    def prune_block(self, ctx: BlockContext) -> dict[str, LinearResult]: ...
+
+    def settings(self) -> dict:
+        return {}
+
+
+@dataclass
+class LayerRecord:
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    pattern: str
+
+
+@dataclass
+class PruneReport:
+    method: str
+    sparsity: str
+    layers: list[LayerRecord]
+    attention_error: list[dict]  # per block: {"block": i, "error": float}
+    seconds: float
+    settings: dict
+    diagnostics: list = field(default_factory=list)
+
+
+def resolve_specs(adapter: Adapter, model: nn.Module, default: SparsitySpec, overrides: dict[str, str]) -> dict[str, dict[str, SparsitySpec]]:
+    """Per block, per linear: the spec to prune with. Overrides map glob patterns on full names to a spec or 'dense'."""
+    out: dict[str, dict[str, SparsitySpec]] = {}
+    for i, block in enumerate(adapter.blocks(model)):
+        prefix = adapter.block_prefix(model, i)
+        specs: dict[str, SparsitySpec] = {}
+        for name, linear in adapter.block_linears(block).items():
+            full = f"{prefix}.{name}"
+            spec: SparsitySpec | None = default
+            for pattern, value in overrides.items():
+                if fnmatch.fnmatchcase(full, pattern):
+                    spec = None if str(value).strip().lower() == "dense" else parse_sparsity(value)
+            if spec is not None:
+                spec.check_width(linear.in_features, full)
+                specs[name] = spec
+        out[prefix] = specs
+    if not any(out.values()):
+        raise EdgepruneError("nothing to prune: every linear layer is kept dense", "drop some 'dense' overrides")
+    return out
+
+
+@torch.no_grad()
+def _block_attention_error(adapter: Adapter, block, dense_block, x: torch.Tensor, context) -> float:
+    parts, dparts = adapter.attention(block), adapter.attention(dense_block)
+    xin = dparts.attn_input(x)
+    return float(attention_error(attention_probs(xin, parts, context), attention_probs(xin, dparts, context)))
+
+
+def prune_model(
+    model: nn.Module,
+    adapter: Adapter,
+    pruner: Pruner,
+    spec: SparsitySpec,
+    calib_ids: torch.Tensor | None,
+    overrides: dict[str, str] | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    error_samples: int = 8,
+) -> PruneReport:
+    """Prune ``model`` in place, block by block. Returns what was done, per layer."""
+    start = time.perf_counter()
+    specs = resolve_specs(adapter, model, spec, overrides or {})
+    blocks = adapter.blocks(model)
+    model.to(device)
+    hidden, context = None, None
+    if pruner.needs_calibration or error_samples:
+        if calib_ids is None:
+            raise EdgepruneError(f"method '{pruner.name}' needs calibration data", "pass --calib")
+        with torch.no_grad():
+            chunks = [adapter.embed(model, ids.to(device)) for ids in calib_ids.split(batch_size)]
+        hidden = torch.cat([c[0] for c in chunks])
+        context = chunks[0][1]
+    layers: list[LayerRecord] = []
+    errors: list[dict] = []
+    gen = torch.Generator().manual_seed(0)
+    for i, block in enumerate(blocks):
+        prefix = adapter.block_prefix(model, i)
+        dense_block = copy.deepcopy(block)
+        ctx = BlockContext(i, prefix, block, adapter, hidden, context, specs[prefix], batch_size, dense_block, gen)
+        results = pruner.prune_block(ctx)
+        ctx.apply(results)
+        for name, linear in adapter.block_linears(block).items():
+            w = linear.weight
+            layers.append(
+                LayerRecord(f"{prefix}.{name}", tuple(w.shape), float((w == 0).float().mean()), str(specs[prefix].get(name, "dense")))
+            )
+        if hidden is not None:
+            if error_samples:
+                errors.append({"block": i, "error": _block_attention_error(adapter, block, dense_block, hidden[:error_samples], context)})
+            with torch.no_grad():
+                hidden = torch.cat([adapter.run_block(block, x, context) for x in hidden.split(batch_size)])
+        del dense_block
+        if progress:
+            progress(i + 1, len(blocks))
+    seconds = time.perf_counter() - start
+    return PruneReport(pruner.name, str(spec), layers, errors, seconds, pruner.settings(), list(getattr(pruner, "diagnostics", [])))

@@ -1,0 +1,166 @@
+"""Pure pruning math: running statistics, scores, masks and the OBS weight update.
+
+No hooks, no models: tensors in, tensors out. The plumbing that gathers the
+statistics lives in ``engine.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from edgeprune.sparsity import SparsitySpec, topk_mask
+
+
+class ColumnSquareNorms:
+    """Running mean of ‖x_j‖² per input feature j (Wanda's statistic)."""
+
+    def __init__(self, features: int, device="cpu"):
+        self.sum = torch.zeros(features, dtype=torch.float64, device=device)
+        self.rows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        self.sum += (x * x).sum(0)
+        self.rows += x.shape[0]
+
+    @property
+    def value(self) -> torch.Tensor:
+        # Wanda normalises by the number of samples; the scale does not change any ranking.
+        return (self.sum / max(self.rows, 1)).float()
+
+
+class Hessian:
+    """Running ``XᵀX / n`` of a linear's inputs (SparseGPT's H, up to the constant 2)."""
+
+    def __init__(self, features: int, device="cpu"):
+        self.sum = torch.zeros(features, features, dtype=torch.float64, device=device)
+        self.rows = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).double()
+        self.sum += x.T @ x
+        self.rows += x.shape[0]
+
+    @property
+    def value(self) -> torch.Tensor:
+        return (self.sum / max(self.rows, 1)).float()
+
+
+class CrossHessian:
+    """``XₚᵀXₚ/n`` and ``X_dᵀXₚ/n`` for inputs seen by a pruned linear (Xₚ) and its dense twin (X_d)."""
+
+    def __init__(self, features: int, device="cpu"):
+        self.pp = Hessian(features, device)
+        self.dp = torch.zeros(features, features, dtype=torch.float64, device=device)
+
+    def add(self, x_pruned: torch.Tensor, x_dense: torch.Tensor) -> None:
+        xp = x_pruned.reshape(-1, x_pruned.shape[-1]).double()
+        xd = x_dense.reshape(-1, x_dense.shape[-1]).double()
+        self.pp.add(xp)
+        self.dp += xd.T @ xp
+
+    @property
+    def cross(self) -> torch.Tensor:
+        return (self.dp / max(self.pp.rows, 1)).float()
+
+
+def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
+    return weight.abs()
+
+
+def wanda_scores(weight: torch.Tensor, col_sq_norms: torch.Tensor) -> torch.Tensor:
+    """|W_ij| · ‖X_j‖₂ (Sun et al., 2023)."""
+    return weight.abs() * col_sq_norms.sqrt().unsqueeze(0)
+
+
+def layerwise_mask(scores: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
+    """One threshold for the whole matrix (classic magnitude pruning); N:M stays per group."""
+    if spec.is_nm:
+        return topk_mask(scores, spec)
+    flat = scores.flatten()
+    n_prune = int(flat.numel() * spec.fraction)
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    mask[torch.argsort(flat, stable=True)[:n_prune]] = False
+    return mask.reshape(scores.shape)
+
+
+def _damped_inverse_cholesky(hessian: torch.Tensor, weight: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Upper Cholesky factor of H⁻¹ after SparseGPT's dead-input fix and λ = percdamp·mean(diag H)."""
+    H = hessian.clone().double()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    weight[:, dead] = 0
+    H += torch.eye(H.shape[0], dtype=H.dtype, device=H.device) * (percdamp * torch.diag(H).mean())
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.cholesky_inverse(L)
+    return torch.linalg.cholesky(Hinv, upper=True).float()
+
+
+def obs_prune(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    spec: SparsitySpec,
+    keep: torch.Tensor | None = None,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT (Frantar & Alistarh, 2023): OBS pruning with lazy block updates.
+
+    Columns are processed left to right in blocks of ``blocksize``; inside a block
+    the mask is chosen adaptively by ``w² / [H⁻¹]²_jj`` (per block for unstructured,
+    per M columns for N:M) and each pruned weight's error is spread over the
+    remaining columns. If ``keep`` is given the mask is fixed and only the weight
+    update runs. Returns (new weight, keep mask).
+    """
+    W = weight.detach().clone().float()
+    rows, cols = W.shape
+    Hinv = _damped_inverse_cholesky(hessian, W, percdamp)
+    prune = torch.zeros_like(W, dtype=torch.bool)
+    fixed = None if keep is None else ~keep.to(W.device)
+    n_prune_group = (spec.m - spec.n) if spec.is_nm else 0
+
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        diag = torch.diag(Hinv1)
+        if fixed is not None:
+            mask1 = fixed[:, i1:i2].clone()
+        elif spec.is_nm:
+            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        else:
+            metric = W1**2 / diag.reshape(1, -1) ** 2
+            n_prune = int(metric.numel() * spec.fraction)
+            mask1 = torch.zeros(metric.numel(), dtype=torch.bool, device=W.device)
+            mask1[torch.argsort(metric.flatten(), stable=True)[:n_prune]] = True
+            mask1 = mask1.reshape(metric.shape)
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if fixed is None and spec.is_nm and i % spec.m == 0:
+                metric = W1[:, i : i + spec.m] ** 2 / diag[i : i + spec.m].reshape(1, -1) ** 2
+                mask1.scatter_(1, i + torch.topk(metric, n_prune_group, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err = (w - q) / d
+            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i1:i2] = Q1
+        prune[:, i1:i2] = mask1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W.to(weight.dtype), ~prune
+
+
+def dense_target_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """The dense W* minimising ‖W* Xₚ − W X_d‖²: W* = W C H⁻¹ with C = X_dᵀXₚ/n, H = XₚᵀXₚ/n.
+
+    Feeding W* to :func:`obs_prune` with H makes the pruned linear reproduce the
+    *dense* block's signal even though its inputs already carry upstream pruning error.
+    """
+    H = hessian.double().clone()
+    H += torch.eye(H.shape[0], dtype=H.dtype, device=H.device) * (percdamp * torch.diag(H).mean().clamp_min(1e-12))
+    rhs = (weight.double() @ cross.double()).T  # (in, out)
+    return torch.linalg.solve(H, rhs).T.to(weight.dtype)

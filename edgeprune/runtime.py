@@ -1,0 +1,21 @@
+"""Device selection, in one place. The default is always the CPU."""
+
+from __future__ import annotations
+
+from edgeprune.errors import EdgepruneError
+
+
+def resolve_device(name: str = "cpu") -> str:
+    """'cpu', 'cuda', 'cuda:N' or 'auto' (CUDA when present) → a torch device string."""
+    import torch
+
+    name = (name or "cpu").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EdgepruneError("CUDA was requested but no CUDA GPU is available here", "use --device cpu")
+        return name
+    raise EdgepruneError(f"unknown device '{name}'", "use --device cpu, cuda or auto")
