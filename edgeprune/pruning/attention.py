@@ -46,6 +46,7 @@ class AttentionConfig:
     others: str = "dense-target"  # V/O/MLP: "dense-target" OBS, "sequential" OBS, or "wanda"
     blocksize: int = 128
     percdamp: float = 0.01
+    per_row: bool = True  # unstructured OBS masks balanced per output row (as Q/K are)
 
 
 def _threshold(scores: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
@@ -145,7 +146,8 @@ class AttentionPruner(Pruner):
         return asdict(self.config)
 
     def _obs(self, weight, hessian, spec, keep=None):
-        return obs_prune(weight, hessian, spec, keep=keep, blocksize=self.config.blocksize, percdamp=self.config.percdamp)
+        cfg = self.config
+        return obs_prune(weight, hessian, spec, keep=keep, blocksize=cfg.blocksize, percdamp=cfg.percdamp, per_row=cfg.per_row)
 
     def prune_block(self, ctx: BlockContext) -> dict[str, LinearResult]:
         cfg = self.config

@@ -19,8 +19,8 @@ class ColumnSquareNorms:
         self.rows = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        self.sum += (x * x).sum(0)
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sum += (x * x).sum(0).double()
         self.rows += x.shape[0]
 
     @property
@@ -37,8 +37,8 @@ class Hessian:
         self.rows = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        self.sum += x.T @ x
+        x = x.reshape(-1, x.shape[-1]).float()  # fp32 product (fast), fp64 running sum (no drift)
+        self.sum += (x.T @ x).double()
         self.rows += x.shape[0]
 
     @property
@@ -54,10 +54,10 @@ class CrossHessian:
         self.dp = torch.zeros(features, features, dtype=torch.float64, device=device)
 
     def add(self, x_pruned: torch.Tensor, x_dense: torch.Tensor) -> None:
-        xp = x_pruned.reshape(-1, x_pruned.shape[-1]).double()
-        xd = x_dense.reshape(-1, x_dense.shape[-1]).double()
+        xp = x_pruned.reshape(-1, x_pruned.shape[-1]).float()
+        xd = x_dense.reshape(-1, x_dense.shape[-1]).float()
         self.pp.add(xp)
-        self.dp += xd.T @ xp
+        self.dp += (xd.T @ xp).double()
 
     @property
     def cross(self) -> torch.Tensor:
@@ -103,6 +103,7 @@ def obs_prune(
     keep: torch.Tensor | None = None,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    per_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT (Frantar & Alistarh, 2023): OBS pruning with lazy block updates.
 
@@ -110,7 +111,9 @@ def obs_prune(
     the mask is chosen adaptively by ``w² / [H⁻¹]²_jj`` (per block for unstructured,
     per M columns for N:M) and each pruned weight's error is spread over the
     remaining columns. If ``keep`` is given the mask is fixed and only the weight
-    update runs. Returns (new weight, keep mask).
+    update runs. ``per_row`` selects the unstructured mask within each row of
+    the block instead of across the whole block, so every output row ends
+    with exactly the requested sparsity. Returns (new weight, keep mask).
     """
     W = weight.detach().clone().float()
     rows, cols = W.shape
@@ -132,10 +135,15 @@ def obs_prune(
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         else:
             metric = W1**2 / diag.reshape(1, -1) ** 2
-            n_prune = int(metric.numel() * spec.fraction)
-            mask1 = torch.zeros(metric.numel(), dtype=torch.bool, device=W.device)
-            mask1[torch.argsort(metric.flatten(), stable=True)[:n_prune]] = True
-            mask1 = mask1.reshape(metric.shape)
+            if per_row:  # cumulative counts keep each row's total exact across blocks
+                k = int(i2 * spec.fraction) - int(i1 * spec.fraction)
+                mask1 = torch.zeros_like(W1, dtype=torch.bool)
+                mask1.scatter_(1, torch.argsort(metric, dim=1, stable=True)[:, :k], True)
+            else:
+                n_prune = int(metric.numel() * spec.fraction)
+                mask1 = torch.zeros(metric.numel(), dtype=torch.bool, device=W.device)
+                mask1[torch.argsort(metric.flatten(), stable=True)[:n_prune]] = True
+                mask1 = mask1.reshape(metric.shape)
         for i in range(i2 - i1):
             w = W1[:, i]
             d = Hinv1[i, i]

@@ -1,0 +1,138 @@
+"""The CLI: happy paths, and every bad input gets a one-line error, exit code 2 and no partial output."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgeprune.cli import app
+
+runner = CliRunner()
+SMALL = ["--samples", "4", "--seqlen", "32"]
+
+
+def _error_line(result) -> str:
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def _no_leftovers(parent, name="out"):
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+def test_prune_then_eval(tiny_llama_dir, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "wanda", "--sparsity", "2:4", "--out", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    assert "50.0% sparsity" in result.stdout
+    js = tmp_path / "eval.json"
+    result = runner.invoke(app, ["eval", str(out), "--seqlen", "32", "--max-windows", "4", "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(js.read_text())
+    assert data["perplexity"] > 1 and data["tokens"] == 128
+    assert data["reference"] == str(tiny_llama_dir) and len(data["attention_error"]) == 2
+    assert data["attention_error"][0] > 0
+
+
+def test_eval_encoder_reports_cosine(tiny_bert_dir, tmp_path):
+    out = tmp_path / "bert"
+    assert runner.invoke(app, ["prune", str(tiny_bert_dir), "--method", "sparsegpt", "--sparsity", "0.5", "--out", str(out), *SMALL]).exit_code == 0
+    result = runner.invoke(app, ["eval", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert 0.5 < data["embedding_cosine"] < 1.0 and data["sentences"] > 10
+
+
+def test_list_shows_registries():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    for word in ("attention", "wanda", "sparsegpt", "magnitude", "smollm2-135m", "minilm-l6", "llama", "bert"):
+        assert word in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--sparsity", "1.5"], "outside (0, 1)"),
+        (["--sparsity", "0"], "outside (0, 1)"),
+        (["--sparsity", "3:2"], "0 < N < M"),
+        (["--sparsity", "2:0"], "0 < N < M"),
+        (["--sparsity", "2:7"], "not divisible by M=7"),
+        (["--samples", "100000"], "too short"),
+        (["--device", "cuda"], "CUDA"),
+        (["--method", "obs"], "unknown pruning method"),
+        (["--calib", "no-such-file.txt"], "not found"),
+    ],
+)
+def test_prune_bad_input(tiny_llama_dir, tmp_path, args, needle):
+    if needle == "CUDA" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--out", str(tmp_path / "out"), *SMALL, *args])
+    assert result.exit_code == 2, result.output
+    assert needle in _error_line(result)
+    _no_leftovers(tmp_path)
+
+
+def test_missing_model(tmp_path):
+    result = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "not found" in _error_line(result)
+    _no_leftovers(tmp_path)
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["eval", str(tmp_path / "empty")])
+    assert result.exit_code == 2 and "not a model" in _error_line(result)
+
+
+def test_unsupported_architecture_lists_supported(gpt2_dir, tmp_path):
+    result = runner.invoke(app, ["prune", str(gpt2_dir), "--out", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "unsupported architecture 'gpt2'" in line and "llama" in line and "bert" in line
+    _no_leftovers(tmp_path)
+
+
+def test_existing_out_needs_overwrite(tiny_llama_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "magnitude", "--out", str(out), *SMALL])
+    assert result.exit_code == 2 and "--overwrite" in _error_line(result)
+    assert (out / "keep.txt").read_text() == "mine"
+    result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "magnitude", "--out", str(out), "--overwrite", *SMALL])
+    assert result.exit_code == 0 and (out / "edgeprune.json").exists() and not (out / "keep.txt").exists()
+
+
+def test_failure_midway_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch):
+    import edgeprune.pruning as pruning
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pruning, "_copy_extra_files", boom)
+    result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "magnitude", "--out", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 2 and "No space left" in _error_line(result)
+    _no_leftovers(tmp_path)
+
+
+def test_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["eval", "someorg/some-model-that-is-not-cached"])
+    assert result.exit_code == 2
+    assert "Hugging Face Hub" in _error_line(result)
