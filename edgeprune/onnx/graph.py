@@ -1,0 +1,70 @@
+"""Edits to an exported ONNX graph: append sentence pooling (mean over the attention mask,
+then L2 normalisation) so one session call returns a sentence embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError
+
+POOLED_OUTPUT = "sentence_embedding"
+
+
+def _has_external_data(model) -> bool:
+    from onnx.external_data_helper import uses_external_data
+
+    return any(uses_external_data(t) for t in model.graph.initializer)
+
+
+def add_mean_pooling(onnx_path: Path, hidden: str = "last_hidden_state", mask: str = "attention_mask") -> None:
+    """Add output ``sentence_embedding`` = normalize(sum(h·mask) / max(sum(mask), 1e-9)), as sentence-transformers does.
+
+    The eps values match ``torch.nn.functional.normalize`` (1e-12) and our PyTorch reference
+    in :func:`edgeprune.evaluation.sentence_embeddings` (1e-9), so both agree on edge cases.
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    external = _has_external_data(model)
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:  # ReduceSum/Unsqueeze take axes as an input from opset 13
+        raise EdgepruneError(f"pooling needs ONNX opset 13 or newer, the export used {opset}", "export with opset >= 13")
+    outputs = {o.name for o in graph.output}
+    if hidden not in outputs or mask not in {i.name for i in graph.input}:
+        raise EdgepruneError(f"cannot add pooling: the graph has no '{hidden}' output or '{mask}' input", "export with pooling off")
+
+    p = "/edgeprune_pooling/"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([1], np.int64), p + "axis_seq"),
+        numpy_helper.from_array(np.array([-1], np.int64), p + "axis_last"),
+        numpy_helper.from_array(np.array(1e-9, np.float32), p + "count_eps"),
+        numpy_helper.from_array(np.array(1e-12, np.float32), p + "norm_eps"),
+    ])
+    graph.node.extend([
+        helper.make_node("Cast", [mask], [p + "mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", [p + "mask_f", p + "axis_last"], [p + "mask_3d"]),
+        helper.make_node("Mul", [hidden, p + "mask_3d"], [p + "masked"]),
+        helper.make_node("ReduceSum", [p + "masked", p + "axis_seq"], [p + "summed"], keepdims=0),
+        helper.make_node("ReduceSum", [p + "mask_3d", p + "axis_seq"], [p + "count"], keepdims=0),
+        helper.make_node("Max", [p + "count", p + "count_eps"], [p + "count_safe"]),
+        helper.make_node("Div", [p + "summed", p + "count_safe"], [p + "mean"]),
+        helper.make_node("Mul", [p + "mean", p + "mean"], [p + "squares"]),
+        helper.make_node("ReduceSum", [p + "squares", p + "axis_last"], [p + "sq_norm"], keepdims=1),
+        helper.make_node("Sqrt", [p + "sq_norm"], [p + "norm"]),
+        helper.make_node("Max", [p + "norm", p + "norm_eps"], [p + "norm_safe"]),
+        helper.make_node("Div", [p + "mean", p + "norm_safe"], [POOLED_OUTPUT]),
+    ])
+    hidden_size = next(o for o in graph.output if o.name == hidden).type.tensor_type.shape.dim[-1]
+    graph.output.append(
+        helper.make_tensor_value_info(POOLED_OUTPUT, TensorProto.FLOAT, ["batch_size", hidden_size.dim_value or "hidden_size"])
+    )
+    if external:
+        data = onnx_path.name + "_data"
+        (onnx_path.parent / data).unlink(missing_ok=True)
+        onnx.save(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+    else:
+        onnx.checker.check_model(model)
+        onnx.save(model, str(onnx_path))
