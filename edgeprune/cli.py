@@ -135,6 +135,31 @@ def eval_(
     typer.echo(result.to_json())
 
 
+@app.command("export")
+@user_errors
+def export_(
+    model: str = typer.Argument(..., help="pruned folder from `edgeprune prune`, HF folder, .gguf file, or bundled alias"),
+    out: Path = typer.Option(..., "--out", help="output folder: model.onnx, tokenizer, config and edgeprune.json"),
+    pooling: bool = typer.Option(False, help="encoders: add mean pooling + L2 normalisation (output sentence_embedding)"),
+    verify: bool = typer.Option(True, help="compare with PyTorch (outputs, and 32 greedy tokens for decoders)"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Export MODEL to ONNX (decoders: one merged graph with a KV cache), verified against PyTorch, zeros checked."""
+    from edgeprune.onnx import ExportConfig, export as run_export
+
+    report = run_export(model, out, ExportConfig(pooling=pooling, verify=verify), overwrite=overwrite)
+    size = sum(report.files.values()) / 2**20
+    line = f"exported {report.architecture} ({report.task}) in {report.seconds_export:.0f}s, {size:.1f} MiB → {out}"
+    if report.verify is not None:
+        name, worst = report.verify.worst
+        line += f"; verified: max |diff| {worst:.2g} ({name})"
+        if report.verify.tokens_identical:
+            line += f", {len(report.verify.tokens_torch)} greedy tokens identical"
+    if report.sparsity.torch_zeros:
+        line += f"; {report.sparsity.onnx_zeros} pruned zeros kept"
+    typer.echo(line)
+
+
 @app.command("list")
 def list_():
     """Registered pruning methods, architectures, sparsity patterns and bundled models."""

@@ -66,3 +66,13 @@ def tiny_bert_dir(tmp_path_factory, tiny_tokenizer):
     make_tiny_bert(len(tiny_tokenizer)).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_lively_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny Llama with larger random weights, so greedy generation varies from token to token
+    (at the default init scale it repeats one token, which would make token-identity tests weak)."""
+    path = tmp_path_factory.mktemp("tiny-llama-lively")
+    make_tiny_llama(len(tiny_tokenizer), initializer_range=0.2).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

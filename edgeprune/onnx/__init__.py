@@ -95,11 +95,15 @@ def _hf_folder(loaded):
 
 def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | None) -> None:
     import logging
+    import warnings
 
     quiet = logging.getLogger("transformers").level
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        main_export(str(folder), out, task=task, opset=opset, do_validation=False, local_files_only=True, library_name="transformers")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python control flow: expected, not actionable for users
+            main_export(str(folder), out, task=task, opset=opset, do_validation=False, local_files_only=True,
+                        library_name="transformers")
     except EdgepruneError:
         raise
     except Exception as exc:  # optimum raises many types; the user needs one line and the cause

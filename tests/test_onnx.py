@@ -1,0 +1,283 @@
+"""ONNX export: merged decoder graph with KV cache, encoder with pooling, verification against
+PyTorch, pruned zeros and N:M kept on the exported weights, and one-line errors for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("optimum.exporters.onnx")
+
+import onnx  # noqa: E402
+from onnx import numpy_helper  # noqa: E402
+
+from edgeprune.cli import app  # noqa: E402
+from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.onnx import ExportConfig, export  # noqa: E402
+from edgeprune.onnx.verify import OrtDecoder, session  # noqa: E402
+from edgeprune.onnx.weights import check_sparsity  # noqa: E402
+from edgeprune.sparsity import is_nm  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def pruned_llama_dir(tmp_path_factory, tiny_llama_lively_dir):
+    from edgeprune import CalibConfig, PruneConfig, prune
+
+    out = tmp_path_factory.mktemp("pruned") / "llama-2of4"
+    prune(str(tiny_llama_lively_dir), out, PruneConfig(method="wanda", sparsity="2:4", calib=CalibConfig(samples=4, seqlen=32)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pruned_llama_onnx(tmp_path_factory, pruned_llama_dir):
+    out = tmp_path_factory.mktemp("pruned-onnx") / "onnx"
+    report = export(str(pruned_llama_dir), out)
+    return out, report
+
+
+def _error_line(result) -> str:
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def _no_leftovers(parent, name="out"):
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+def _matmul_weights(path):
+    """Module name (from the node scope) → ONNX weight array as stored, for MatMuls reading an initializer."""
+    model = onnx.load(str(path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return {
+        ".".join(p for p in n.name.split("/")[:-1] if p): inits[n.input[1]]
+        for n in model.graph.node
+        if n.op_type == "MatMul" and n.input[1] in inits
+    }
+
+
+# --- decoders ---------------------------------------------------------------------------------
+
+
+def test_decoder_exports_one_merged_graph_with_identical_greedy_tokens(tiny_llama_lively_dir, tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "onnx"
+    report = export(str(tiny_llama_lively_dir), out)
+    assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
+    sess = session(out / "model.onnx")
+    inputs = [i.name for i in sess.get_inputs()]
+    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.value" in inputs
+
+    # Independent reference: transformers' own greedy generate (no EOS in the way).
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_lively_dir).eval()
+    ids = tiny_tokenizer("The quick brown fox jumps over the lazy dog because", return_tensors="pt")["input_ids"]
+    expected = model.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    assert OrtDecoder(sess).greedy(ids.numpy(), 32) == expected
+    assert len(set(expected)) > 5  # a generation that actually moves
+
+    assert report.verify.tokens_identical and report.verify.tokens_onnx == expected
+    assert set(report.verify.max_abs_diff) == {"prefill.logits", "prefill.present", "decode.logits"}
+    assert report.verify.worst[1] < 1e-4
+    meta = json.loads((out / "edgeprune.json").read_text())
+    assert meta["export"]["verify"]["tokens_identical"] is True and meta["export"]["task"] == "text-generation-with-past"
+    assert meta["export"]["files"]["model.onnx"] == (out / "model.onnx").stat().st_size
+    assert "pruning" not in meta  # a dense HF folder has no edgeprune.json to merge
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+
+def test_pruned_decoder_keeps_zeros_and_2of4_along_input_dim(pruned_llama_dir, pruned_llama_onnx):
+    from transformers import AutoModelForCausalLM
+
+    out, report = pruned_llama_onnx
+    assert report.verify.tokens_identical
+    model = AutoModelForCausalLM.from_pretrained(pruned_llama_dir)
+    weights = _matmul_weights(out / "model.onnx")
+    linears = {n: m for n, m in model.named_modules() if n.startswith("model.layers.") and isinstance(m, torch.nn.Linear)}
+    assert len(linears) == 14
+    for name, linear in linears.items():
+        stored = weights[name]  # MatMul weight: [in, out]
+        assert stored.shape == (linear.in_features, linear.out_features)
+        assert int((stored == 0).sum()) == int((linear.weight == 0).sum()) == linear.weight.numel() // 2
+        assert is_nm(torch.from_numpy(stored.T.copy()), 2, 4)  # groups of 4 along the input dim
+        assert not is_nm(torch.from_numpy(stored.copy()), 2, 4)  # read along the wrong dim it is not 2:4
+
+    meta = json.loads((out / "edgeprune.json").read_text())
+    sp = meta["export"]["sparsity"]
+    assert sp["zeros_preserved"] is True and sp["nm_ok"] is True
+    assert sp["onnx_zeros"] == sp["torch_zeros"] == sum(l.weight.numel() // 2 for l in linears.values())
+    assert all(l["unchanged"] and l["layout"] == "in,out" and l["pattern"] == "2:4" for l in sp["layers"])
+    assert meta["pruning"]["method"] == "wanda" and meta["pruning"]["sparsity"] == "2:4"  # source metadata merged
+    assert sum(v["zeros"] for v in sp["initializers"].values()) >= sp["onnx_zeros"]
+
+
+def test_lost_zeros_and_broken_nm_are_errors(pruned_llama_dir, pruned_llama_onnx, tmp_path):
+    from edgeprune.models.loading import load_model
+    from edgeprune.onnx import _check
+    from edgeprune.onnx.weights import layer_patterns
+
+    out, report = pruned_llama_onnx
+    loaded = load_model(str(pruned_llama_dir))
+    layers = loaded.adapter.prunable_linears(loaded.model)
+    patterns = layer_patterns(json.loads((pruned_llama_dir / "edgeprune.json").read_text()))
+    model = onnx.load(str(out / "model.onnx"))
+    target = next(n.input[1] for n in model.graph.node if n.name == "/model/layers.0/mlp/up_proj/MatMul")
+
+    def tampered(change):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        t = next(t for t in m.graph.initializer if t.name == target)
+        t.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(t)), t.name))
+        path = tmp_path / f"{change.__name__}.onnx"
+        onnx.save(m, str(path))
+        return check_sparsity(path, layers, patterns)
+
+    def fill_zeros(a):
+        return np.where(a == 0, np.float32(1e-3), a)
+
+    def shift_rows(a):  # same zeros, groups of 4 misaligned along the input dim
+        return np.roll(a, 1, axis=0)
+
+    lost = tampered(fill_zeros)
+    assert [l.layer for l in lost.lost] == ["model.layers.0.mlp.up_proj"] and lost.lost[0].onnx_zeros == 0
+    report.sparsity = lost
+    with pytest.raises(EdgepruneError, match="lost pruned zeros: model.layers.0.mlp.up_proj"):
+        _check(report, ExportConfig())
+
+    broken = tampered(shift_rows)
+    assert not broken.lost and [l.layer for l in broken.nm_violations] == ["model.layers.0.mlp.up_proj"]
+    report.sparsity = broken
+    with pytest.raises(EdgepruneError, match="breaks its 2:4 pattern"):
+        _check(report, ExportConfig())
+
+
+def test_failed_verification_writes_nothing(tiny_llama_dir, tmp_path, monkeypatch):
+    import edgeprune.onnx.verify as verify
+
+    real = verify.verify_decoder
+
+    def off_by_a_lot(*args, **kwargs):
+        rep = real(*args, **kwargs)
+        rep.max_abs_diff["decode.logits"] = 0.5
+        return rep
+
+    monkeypatch.setattr(verify, "verify_decoder", off_by_a_lot)
+    with pytest.raises(EdgepruneError, match="'decode.logits' differs from PyTorch by 0.5"):
+        export(str(tiny_llama_dir), tmp_path / "out")
+    _no_leftovers(tmp_path)
+
+
+# --- encoders ---------------------------------------------------------------------------------
+
+
+def test_encoder_with_pooling_gives_normalised_embedding(tiny_bert_dir, tiny_tokenizer, tmp_path):
+    from transformers import AutoModel
+
+    from edgeprune.evaluation import sentence_embeddings
+
+    out = tmp_path / "onnx"
+    report = export(str(tiny_bert_dir), out, ExportConfig(pooling=True))
+    assert report.verify.embedding_cosine_min > 0.9999
+    texts = ["short one", "a noticeably longer sentence so that the batch needs padding on the first"]
+    enc = tiny_tokenizer(texts, padding=True, return_tensors="np")
+    sess = session(out / "model.onnx")
+    feeds = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_type_ids": np.zeros_like(enc["input_ids"])}
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))["sentence_embedding"]
+    ref = sentence_embeddings(AutoModel.from_pretrained(tiny_bert_dir).eval(), tiny_tokenizer, texts)
+    assert got.shape == (2, 64)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cos = (torch.from_numpy(got) * ref).sum(-1)
+    assert float(cos.min()) > 0.9999
+
+
+def test_encoder_without_pooling_has_hidden_states_only(tiny_bert_dir, tmp_path):
+    report = export(str(tiny_bert_dir), tmp_path / "onnx", ExportConfig(verify=False))
+    sess = session(tmp_path / "onnx" / "model.onnx")
+    assert [o.name for o in sess.get_outputs()] == ["last_hidden_state"]
+    assert report.verify is None and report.task == "feature-extraction"
+    assert json.loads((tmp_path / "onnx" / "edgeprune.json").read_text())["export"]["verify"] is None
+
+
+# --- CLI and bad input ------------------------------------------------------------------------
+
+
+def test_cli_export_encoder(tiny_bert_dir, tmp_path):
+    result = runner.invoke(app, ["export", str(tiny_bert_dir), "--out", str(tmp_path / "out"), "--pooling"])
+    assert result.exit_code == 0, result.output
+    assert "verified: max |diff|" in result.stdout and (tmp_path / "out" / "model.onnx").is_file()
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "not found"),
+        ("not_a_model", "is not a model (no config.json)"),
+        ("unsupported", "unsupported architecture 'gpt2'"),
+        ("pooling_on_decoder", "--pooling is for sentence encoders"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_writes_nothing(case, expected, tmp_path, tiny_llama_dir, gpt2_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    model, extra = {
+        "missing": (str(tmp_path / "nope"), []),
+        "not_a_model": (str(empty), []),
+        "unsupported": (str(gpt2_dir), []),
+        "pooling_on_decoder": (str(tiny_llama_dir), ["--pooling"]),
+    }[case]
+    result = runner.invoke(app, ["export", model, "--out", str(tmp_path / "out"), *extra])
+    assert result.exit_code == 2
+    assert expected in _error_line(result)
+    _no_leftovers(tmp_path)
+
+
+def test_cli_existing_out_needs_overwrite(tiny_bert_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["export", str(tiny_bert_dir), "--out", str(out), "--no-verify"])
+    assert result.exit_code == 2 and "already exists" in _error_line(result)
+    assert (out / "keep.txt").read_text() == "mine"
+    result = runner.invoke(app, ["export", str(tiny_bert_dir), "--out", str(out), "--no-verify", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert (out / "model.onnx").is_file() and not (out / "keep.txt").exists()
+
+
+# --- the real bundled models (minutes on a 2-core CPU) ----------------------------------------
+
+
+@pytest.mark.slow
+def test_smollm2_export_is_token_identical(tmp_path):
+    report = export("smollm2-135m", tmp_path / "onnx")
+    assert report.verify.tokens_identical and len(report.verify.tokens_torch) == 32
+
+
+@pytest.mark.slow
+def test_minilm_export_with_pooling(tmp_path):
+    report = export("minilm-l6", tmp_path / "onnx", ExportConfig(pooling=True))
+    assert report.verify.embedding_cosine_min > 0.9999
