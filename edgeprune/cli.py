@@ -142,12 +142,16 @@ def export_(
     out: Path = typer.Option(..., "--out", help="output folder: model.onnx, tokenizer, config and edgeprune.json"),
     pooling: bool = typer.Option(False, help="encoders: add mean pooling + L2 normalisation (output sentence_embedding)"),
     verify: bool = typer.Option(True, help="compare with PyTorch (outputs, and 32 greedy tokens for decoders)"),
+    quantize: Optional[str] = typer.Option(None, help="also write model_int8.onnx (dynamic, per channel) or model_int4.onnx (MatMulNBits)"),
+    block_size: int = typer.Option(32, help="int4: weights per scale along the input dimension"),
+    symmetric: bool = typer.Option(True, help="int4: symmetric codes, or --no-symmetric for a zero point per block"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Export MODEL to ONNX (decoders: one merged graph with a KV cache), verified against PyTorch, zeros checked."""
-    from edgeprune.onnx import ExportConfig, export as run_export
+    from edgeprune.onnx import ExportConfig, QuantizeConfig, export as run_export
 
-    report = run_export(model, out, ExportConfig(pooling=pooling, verify=verify), overwrite=overwrite)
+    quant = QuantizeConfig(quantize, block_size, symmetric) if quantize else None
+    report = run_export(model, out, ExportConfig(pooling=pooling, verify=verify, quantize=quant), overwrite=overwrite)
     size = sum(report.files.values()) / 2**20
     line = f"exported {report.architecture} ({report.task}) in {report.seconds_export:.0f}s, {size:.1f} MiB → {out}"
     if report.verify is not None:
@@ -157,6 +161,9 @@ def export_(
             line += f", {len(report.verify.tokens_torch)} greedy tokens identical"
     if report.sparsity.torch_zeros:
         line += f"; {report.sparsity.onnx_zeros} pruned zeros kept"
+    if report.quantized is not None:
+        q = report.quantized
+        line += f"; {q.scheme}: {q.file} {q.bytes / 2**20:.1f} MiB, zeros kept: {'yes' if not q.lost else 'no'}"
     typer.echo(line)
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from edgeprune.errors import EdgepruneError
 
 if TYPE_CHECKING:
+    from edgeprune.onnx.quantize import QuantReport
     from edgeprune.onnx.verify import VerifyReport
     from edgeprune.onnx.weights import SparsityReport
 
@@ -25,6 +26,24 @@ SCHEMA_VERSION = 1
 METADATA_FILE = "edgeprune.json"
 ONNX_FILE = "model.onnx"
 _TASKS = {"text-generation": "text-generation-with-past", "feature-extraction": "feature-extraction"}
+
+
+QUANT_SCHEMES = ("int8", "int4")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Weight quantisation after export: int8 (dynamic, per output channel) or int4 (MatMulNBits, block-wise)."""
+
+    scheme: str = "int8"
+    block_size: int = 32  # int4: weights per scale along the input dimension
+    symmetric: bool = True  # int4: symmetric codes (zero point 8) or an asymmetric zero point per block
+
+    def __post_init__(self):
+        if self.scheme not in QUANT_SCHEMES:
+            raise EdgepruneError(f"unknown quantisation '{self.scheme}'", "use --quantize int8 or --quantize int4")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise EdgepruneError(f"int4 block size {self.block_size} is not a power of two >= 16", "use 32, 64 or 128")
 
 
 @dataclass(frozen=True)
@@ -37,6 +56,7 @@ class ExportConfig:
     min_cosine: float = 0.9999  # pooled embeddings: lowest cosine to PyTorch allowed
     new_tokens: int = 32  # decoders: greedy tokens that must match exactly
     opset: int | None = None  # None: optimum's default for the architecture
+    quantize: QuantizeConfig | None = None  # also write model_int8.onnx / model_int4.onnx next to the float graph
 
 
 @dataclass
@@ -50,13 +70,15 @@ class ExportReport:
     seconds_export: float
     verify: VerifyReport | None = None
     sparsity: SparsityReport | None = None
+    quantized: QuantReport | None = None
     schema_version: int = SCHEMA_VERSION
     source_metadata: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("verify", "sparsity", "source_metadata")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("verify", "sparsity", "quantized", "source_metadata")}
         out["verify"] = self.verify.to_dict() if self.verify else None
         out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
+        out["quantized"] = self.quantized.to_dict() if self.quantized else None
         return out
 
 
@@ -115,7 +137,14 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
 
 def _check(report: ExportReport, config: ExportConfig) -> None:
     """Turn a failed verification or lost sparsity into a one-line error (the output is then not written)."""
-    v, s = report.verify, report.sparsity
+    v, s, q = report.verify, report.sparsity, report.quantized
+    if q is not None and q.lost:
+        l = q.lost[0]
+        raise EdgepruneError(f"{q.scheme} quantisation turned pruned zeros into non-zeros: {l.layer} keeps {l.kept_zeros} of "
+                             f"{l.torch_zeros} ({len(q.lost)} layer(s) affected)", "use symmetric quantisation")
+    if q is not None and q.nm_violations:
+        raise EdgepruneError(f"{q.scheme} weights of {q.nm_violations[0].layer} break its {q.nm_violations[0].pattern} pattern",
+                             "use symmetric quantisation")
     if v is not None:
         name, worst = v.worst
         if worst > config.atol:
@@ -138,6 +167,31 @@ def _check(report: ExportReport, config: ExportConfig) -> None:
             l = s.nm_violations[0]
             raise EdgepruneError(f"the ONNX weight of {l.layer} breaks its {l.pattern} pattern along the input dimension",
                                  "export in float32 without weight-changing optimisations")
+
+
+def _quantize(loaded, onnx_path: Path, config: ExportConfig, report: ExportReport, layers, patterns) -> QuantReport:
+    """Write the quantised graph next to the float one, check the pruned zeros in it, and measure its quality."""
+    from edgeprune.onnx.quantize import QuantReport, check_quantized, quantize_graph
+    from edgeprune.onnx.verify import verify_decoder, verify_encoder
+
+    q = config.quantize
+    dst = onnx_path.with_name(f"model_{q.scheme}.onnx")
+    external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
+    quantize_graph(onnx_path, dst, q, external)
+    settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"]} if q.scheme == "int8" else \
+        {"block_size": q.block_size, "symmetric": q.symmetric, "ops": ["MatMul"]}
+    fp32_inits = {l.layer: l.initializer for l in report.sparsity.layers if l.initializer}
+    out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
+    if config.verify:
+        if loaded.is_decoder:
+            quality = verify_decoder(loaded.model, loaded.tokenizer, dst, config.new_tokens, config.atol)
+            agree = next((i for i, (a, b) in enumerate(zip(quality.tokens_torch, quality.tokens_onnx)) if a != b), len(quality.tokens_torch))
+            out.quality = {"max_abs_diff": quality.max_abs_diff, "greedy_tokens_identical_prefix": agree,
+                           "new_tokens": len(quality.tokens_torch), "tokens_onnx": quality.tokens_onnx}
+        else:
+            quality = verify_encoder(loaded.model, loaded.tokenizer, dst, config.atol, config.pooling)
+            out.quality = {"max_abs_diff": quality.max_abs_diff, "embedding_cosine_min": quality.embedding_cosine_min}
+    return out
 
 
 def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False) -> ExportReport:
@@ -182,6 +236,8 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             else:
                 report.verify = verify_encoder(loaded.model, loaded.tokenizer, onnx_path, config.atol, config.pooling)
             report.verify.seconds = time.perf_counter() - start
+        if config.quantize is not None:
+            report.quantized = _quantize(loaded, onnx_path, config, report, layers, layer_patterns(meta))
         _check(report, config)
         report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name}
         write_json(tmp / METADATA_FILE, {
@@ -192,4 +248,4 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
     return report
 
 
-__all__ = ["ExportConfig", "ExportReport", "export"]
+__all__ = ["ExportConfig", "ExportReport", "QuantizeConfig", "export"]
