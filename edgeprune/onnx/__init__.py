@@ -11,7 +11,7 @@ import contextlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,10 +72,9 @@ class ExportReport:
     sparsity: SparsityReport | None = None
     quantized: QuantReport | None = None
     schema_version: int = SCHEMA_VERSION
-    source_metadata: dict | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k not in ("verify", "sparsity", "quantized", "source_metadata")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("verify", "sparsity", "quantized")}
         out["verify"] = self.verify.to_dict() if self.verify else None
         out["sparsity"] = self.sparsity.to_dict() if self.sparsity else None
         out["quantized"] = self.quantized.to_dict() if self.quantized else None
@@ -225,7 +224,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             add_mean_pooling(onnx_path)
         report = ExportReport(
             source=str(model_spec), out=str(out), architecture=loaded.adapter.family, task=task, pooling=config.pooling,
-            files={}, seconds_export=round(time.perf_counter() - start, 2), source_metadata=meta,
+            files={}, seconds_export=round(time.perf_counter() - start, 2),
         )
         layers = loaded.adapter.prunable_linears(loaded.model)
         report.sparsity = check_sparsity(onnx_path, layers, layer_patterns(meta))
@@ -236,9 +235,10 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             else:
                 report.verify = verify_encoder(loaded.model, loaded.tokenizer, onnx_path, config.atol, config.pooling)
             report.verify.seconds = time.perf_counter() - start
+        _check(report, config)
         if config.quantize is not None:
             report.quantized = _quantize(loaded, onnx_path, config, report, layers, layer_patterns(meta))
-        _check(report, config)
+            _check(report, config)
         report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name}
         write_json(tmp / METADATA_FILE, {
             "edgeprune_version": __version__,
