@@ -152,7 +152,7 @@ def export_(
 
     quant = QuantizeConfig(quantize, block_size, symmetric) if quantize else None
     report = run_export(model, out, ExportConfig(pooling=pooling, verify=verify, quantize=quant), overwrite=overwrite)
-    size = sum(report.files.values()) / 2**20
+    size = sum(b for f, b in report.files.items() if not f.startswith("model_int")) / 2**20  # the float graph
     line = f"exported {report.architecture} ({report.task}) in {report.seconds_export:.0f}s, {size:.1f} MiB → {out}"
     if report.verify is not None:
         name, worst = report.verify.worst
