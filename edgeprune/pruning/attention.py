@@ -95,17 +95,19 @@ def optimise_qk_masks(
     wq, wk = parts.q.weight.detach().float(), parts.k.weight.detach().float()
     q = _MaskScores(wanda_scores(wq, col_norms), spec_q, cfg)
     k = _MaskScores(wanda_scores(wk, col_norms), spec_k, cfg)
-    n_check = min(cfg.check_samples, x.shape[0])
-    check_x, train_x = x[:n_check], (x[n_check:] if x.shape[0] > n_check else x)
+    n_check = min(cfg.check_samples, x.shape[0] - 1)
+    check_x, train_x = x[:n_check], x[n_check:]
+    probe_x = train_x[: cfg.batch]  # a fixed training batch, to report the objective's own progress
     with torch.no_grad():
-        check_dense = attention_probs(check_x, parts, context)
+        check_dense, probe_dense = attention_probs(check_x, parts, context), attention_probs(probe_x, parts, context)
 
-    def check_loss(mq, mk) -> float:
+    def loss_on(xs, dense, mq, mk) -> float:
         with torch.no_grad():
-            return float(attention_error(attention_probs(check_x, parts, context, wq * mq, wk * mk), check_dense))
+            return float(attention_error(attention_probs(xs, parts, context, wq * mq, wk * mk), dense))
 
-    best = (check_loss(q.exact(), k.exact()), q.exact(), k.exact())
+    best = (loss_on(check_x, check_dense, q.exact(), k.exact()), q.exact(), k.exact())
     start_loss, history = best[0], []
+    probe_start = loss_on(probe_x, probe_dense, q.exact(), k.exact())
     opt = torch.optim.Adam([q.scores, k.scores], lr=cfg.lr)
     for step in range(1, cfg.steps + 1):
         idx = torch.randperm(train_x.shape[0], generator=generator)[: cfg.batch]
@@ -123,10 +125,17 @@ def optimise_qk_masks(
         history.append(loss.item())
         if step % cfg.check_every == 0 or step == cfg.steps:
             mq_exact, mk_exact = q.exact(), k.exact()
-            value = check_loss(mq_exact, mk_exact)
+            value = loss_on(check_x, check_dense, mq_exact, mk_exact)
             if value < best[0]:
                 best = (value, mq_exact, mk_exact)
-    return best[1], best[2], {"start": start_loss, "best": best[0], "train": history}
+    diag = {
+        "start": start_loss,
+        "best": best[0],
+        "probe_start": probe_start,
+        "probe_end": loss_on(probe_x, probe_dense, q.exact(), k.exact()),
+        "train": history,
+    }
+    return best[1], best[2], diag
 
 
 @PRUNERS.register("attention")
