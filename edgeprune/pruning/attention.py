@@ -105,15 +105,26 @@ def optimise_qk_masks(
         with torch.no_grad():
             return float(attention_error(attention_probs(xs, parts, context, wq * mq, wk * mk), dense))
 
+    # Cache the dense attention of every training sequence when it fits in memory (~1 GiB).
+    heads, seq = parts.num_heads, train_x.shape[1]
+    cached = None
+    if train_x.shape[0] * heads * seq * seq * 4 <= 1 << 30:
+        with torch.no_grad():
+            cached = torch.cat([attention_probs(xs, parts, context) for xs in train_x.split(cfg.batch)])
+
     best = (loss_on(check_x, check_dense, q.exact(), k.exact()), q.exact(), k.exact())
     start_loss, history = best[0], []
     probe_start = loss_on(probe_x, probe_dense, q.exact(), k.exact())
     opt = torch.optim.Adam([q.scores, k.scores], lr=cfg.lr)
     for step in range(1, cfg.steps + 1):
         idx = torch.randperm(train_x.shape[0], generator=generator)[: cfg.batch]
-        xb = train_x[idx.to(train_x.device)]
-        with torch.no_grad():
-            dense = attention_probs(xb, parts, context)
+        idx = idx.to(train_x.device)
+        xb = train_x[idx]
+        if cached is not None:
+            dense = cached[idx]
+        else:
+            with torch.no_grad():
+                dense = attention_probs(xb, parts, context)
         mq, soft_q = q.relaxed()
         mk, soft_k = k.relaxed()
         loss = attention_error(attention_probs(xb, parts, context, wq * mq, wk * mk), dense)

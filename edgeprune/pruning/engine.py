@@ -46,6 +46,7 @@ class BlockContext:
     batch_size: int
     dense_block: nn.Module  # an untouched copy of the block, for dense targets
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    _dense_inputs: dict | None = field(default=None, repr=False)
 
     def batches(self):
         for start in range(0, self.inputs.shape[0], self.batch_size):
@@ -58,13 +59,22 @@ class BlockContext:
         """The block's linear stages, restricted to those that will be pruned."""
         return [s for s in ({n: lin for n, lin in st.items() if n in self.specs} for st in self.adapter.stages(self.block)) if s]
 
+    def _representatives(self, names: list[str]) -> dict[str, str]:
+        """Map each name to the first name of its stage: linears of one stage read the same input."""
+        first = {n: next(iter(stage)) for stage in self.adapter.stages(self.block) for n in stage}
+        return {n: first[n] for n in names}
+
     @torch.no_grad()
     def collect(self, names: list[str], make: Callable[[int], Any]) -> dict[str, Any]:
-        """Run the (partly pruned) block over all inputs; feed each named linear's inputs to an accumulator."""
+        """Run the (partly pruned) block over all inputs; feed each named linear's inputs to an accumulator.
+
+        Linears that share an input (one stage) share one accumulator.
+        """
         linears = self.linears()
-        accs = {n: make(linears[n].in_features) for n in names}
+        reps = self._representatives(names)
+        accs = {r: make(linears[r].in_features) for r in set(reps.values())}
         handles = [
-            linears[n].register_forward_hook(lambda _m, inp, _out, acc=accs[n]: acc.add(inp[0].detach())) for n in names
+            linears[r].register_forward_hook(lambda _m, inp, _out, acc=acc: acc.add(inp[0].detach())) for r, acc in accs.items()
         ]
         try:
             for x in self.batches():
@@ -72,28 +82,44 @@ class BlockContext:
         finally:
             for h in handles:
                 h.remove()
-        return accs
+        return {n: accs[r] for n, r in reps.items()}
+
+    @torch.no_grad()
+    def dense_inputs(self) -> dict[str, list[torch.Tensor]]:
+        """Every linear's inputs in the untouched dense block, per batch (computed once per block)."""
+        if self._dense_inputs is None:
+            linears = self.linears(self.dense_block)
+            store: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
+            handles = [lin.register_forward_hook(lambda _m, i, _o, n=n: store[n].append(i[0].detach())) for n, lin in linears.items()]
+            try:
+                for x in self.batches():
+                    self.adapter.run_block(self.dense_block, x, self.context)
+            finally:
+                for h in handles:
+                    h.remove()
+            self._dense_inputs = store
+        return self._dense_inputs
 
     @torch.no_grad()
     def collect_pairs(self, names: list[str]) -> dict[str, CrossHessian]:
         """Like :meth:`collect`, pairing each linear's pruned-path input with its dense twin's input."""
-        pruned, dense = self.linears(), self.linears(self.dense_block)
-        seen: dict[tuple[str, str], torch.Tensor] = {}
-        handles = []
-        for n in names:
-            handles.append(pruned[n].register_forward_hook(lambda _m, i, _o, n=n: seen.__setitem__(("p", n), i[0].detach())))
-            handles.append(dense[n].register_forward_hook(lambda _m, i, _o, n=n: seen.__setitem__(("d", n), i[0].detach())))
-        accs = {n: CrossHessian(pruned[n].in_features, self.inputs.device) for n in names}
+        dense = self.dense_inputs()
+        linears = self.linears()
+        reps = self._representatives(names)
+        accs = {r: CrossHessian(linears[r].in_features, self.inputs.device) for r in set(reps.values())}
+        batch_no = [0]
+        handles = [
+            linears[r].register_forward_hook(lambda _m, i, _o, r=r: accs[r].add(i[0].detach(), dense[r][batch_no[0]]))
+            for r in accs
+        ]
         try:
-            for x in self.batches():
+            for b, x in enumerate(self.batches()):
+                batch_no[0] = b
                 self.adapter.run_block(self.block, x, self.context)
-                self.adapter.run_block(self.dense_block, x, self.context)
-                for n in names:
-                    accs[n].add(seen[("p", n)], seen[("d", n)])
         finally:
             for h in handles:
                 h.remove()
-        return accs
+        return {n: accs[r] for n, r in reps.items()}
 
     def apply(self, results: dict[str, LinearResult]) -> None:
         apply_results(self.linears(), results)
