@@ -167,6 +167,67 @@ def export_(
     typer.echo(line)
 
 
+@app.command()
+@user_errors
+def pack(
+    model_dir: Path = typer.Argument(..., help="pruned HF folder from `edgeprune prune` (safetensors weights)"),
+    out: Path = typer.Option(..., "--out", help="output file, e.g. model.nm.safetensors"),
+    pattern: str = typer.Option("2:4", help="the N:M pattern every pruned linear follows"),
+    values: str = typer.Option("fp16", help="kept values as fp32, fp16, bf16 or int8 (per-output-channel scales)"),
+    dense: str = typer.Option("keep", help="other weights (embeddings, norms): keep their dtype, or fp32/fp16/bf16"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Pack the N:M layers of MODEL_DIR (kept values + 2-bit positions for 2:4) into one safetensors container."""
+    from edgeprune.sparsity.packed import pack as run_pack
+
+    r = run_pack(model_dir, out, pattern=pattern, values=values, dense=dense, overwrite=overwrite)
+    typer.echo(
+        f"packed {r.layers_packed} {r.pattern} layers ({r.values} values) + {r.tensors_dense} dense tensors in {r.seconds:.1f}s "
+        f"→ {out} ({r.file_bytes / 2**20:.1f} MiB, of which carried files {r.files_bytes / 2**20:.1f} MiB)"
+    )
+    typer.echo(
+        f"  N:M linears: {r.linear_bytes / 2**20:.1f} MiB = {r.linear_ratio_fp32:.3f}x dense fp32, {r.linear_ratio_fp16:.3f}x dense fp16"
+    )
+    typer.echo(
+        f"  whole model: {r.model_bytes / 2**20:.1f} MiB = {r.model_ratio_fp32:.3f}x dense fp32, {r.model_ratio_fp16:.3f}x dense fp16"
+    )
+    if r.skipped_files:
+        typer.echo("  not carried: " + ", ".join(r.skipped_files))
+
+
+@app.command()
+@user_errors
+def unpack(
+    file: Path = typer.Argument(..., help="packed file from `edgeprune pack`"),
+    out: Path = typer.Option(..., "--out", help="output folder (a Hugging Face model folder)"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Restore a loadable Hugging Face folder from a packed file, after checking its schema version and checksum."""
+    from edgeprune.sparsity.packed import unpack as run_unpack
+
+    manifest = run_unpack(file, out, overwrite=overwrite)
+    typer.echo(f"unpacked {len(manifest['tensors'])} tensors and {len(manifest['files'])} files ({manifest['pattern']}, {manifest['values']} values) → {out}")
+
+
+@app.command()
+@user_errors
+def check(
+    model_dir: Path = typer.Argument(..., help="HF folder with safetensors weights"),
+    pattern: str = typer.Option("2:4", help="the N:M pattern to check"),
+):
+    """Per prunable linear: N:M groups, violating groups and sparsity; exit 1 if any layer is not N:M."""
+    from edgeprune.sparsity.packed import check_folder
+
+    reports = check_folder(model_dir, pattern)
+    width = max(len(r.layer) for r in reports)
+    for r in reports:
+        typer.echo(f"{r.layer:{width}s}  groups {r.groups:9d}  violations {r.violations:7d}  sparsity {r.sparsity:.1%}")
+    bad = [r.layer for r in reports if not r.ok]
+    typer.echo(f"{len(reports) - len(bad)}/{len(reports)} layers are {pattern}" + (f"; first offender: {bad[0]}" if bad else ""))
+    if bad:
+        raise typer.Exit(1)
+
+
 @app.command("list")
 def list_():
     """Registered pruning methods, architectures, sparsity patterns and bundled models."""

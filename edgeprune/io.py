@@ -48,3 +48,28 @@ def write_json(path: str | os.PathLike, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, overwrite: bool = False):
+    """Yield a temporary file path next to ``out``; on success it replaces ``out``, on failure it vanishes."""
+    out = check_out_dir(out, overwrite)
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+    except OSError as exc:
+        raise EdgepruneError(f"cannot write to '{parent}': {exc.strerror}", "choose a writable --out") from None
+    tmp = Path(name)
+    try:
+        yield tmp
+        if out.is_dir():
+            raise EdgepruneError(f"output '{out}' is a folder", "choose a file name for --out")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise EdgepruneError(f"writing '{out}' failed: {exc.strerror}", "check free disk space and permissions") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
