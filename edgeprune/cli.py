@@ -124,12 +124,16 @@ def eval_(
     max_windows: Optional[int] = typer.Option(None, help="evaluate at most this many windows"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result to this JSON file"),
+    onnx_file: Optional[str] = typer.Option(None, help="exported folder: the graph to run with ONNX Runtime (default model.onnx)"),
 ):
-    """Perplexity (decoders) or embedding cosine to the dense model (encoders), plus attention error per layer."""
+    """Perplexity (decoders) or embedding cosine to the dense model (encoders), plus attention error per layer.
+
+    On a folder from `edgeprune export` the model runs in ONNX Runtime (pick the graph with --onnx-file)."""
     from edgeprune.evaluation import evaluate
     from edgeprune.io import write_json
 
-    result = evaluate(model, text=text, reference=reference, seqlen=seqlen, max_windows=max_windows, device=device)
+    result = evaluate(model, text=text, reference=reference, seqlen=seqlen, max_windows=max_windows, device=device,
+                      onnx_file=onnx_file)
     if json_out:
         write_json(json_out, json.loads(result.to_json()))
     typer.echo(result.to_json())
@@ -145,14 +149,17 @@ def export_(
     quantize: Optional[str] = typer.Option(None, help="also write model_int8.onnx (dynamic, per channel) or model_int4.onnx (MatMulNBits)"),
     block_size: int = typer.Option(32, help="int4: weights per scale along the input dimension"),
     symmetric: bool = typer.Option(True, help="int4: symmetric codes, or --no-symmetric for a zero point per block"),
+    quantize_head: bool = typer.Option(True, help="int4: also the token embedding and tied LM head (--no-quantize-head keeps them fp32)"),
+    ort_format: bool = typer.Option(False, help="also write .ort files and required_operators.config for ORT mobile/minimal builds"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Export MODEL to ONNX (decoders: one merged graph with a KV cache), verified against PyTorch, zeros checked."""
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export as run_export
 
-    quant = QuantizeConfig(quantize, block_size, symmetric) if quantize else None
-    report = run_export(model, out, ExportConfig(pooling=pooling, verify=verify, quantize=quant), overwrite=overwrite)
-    size = sum(b for f, b in report.files.items() if not f.startswith("model_int")) / 2**20  # the float graph
+    quant = QuantizeConfig(quantize, block_size, symmetric, quantize_head) if quantize else None
+    config = ExportConfig(pooling=pooling, verify=verify, quantize=quant, ort_format=ort_format)
+    report = run_export(model, out, config, overwrite=overwrite)
+    size = sum(b for f, b in report.files.items() if f.startswith("model.onnx")) / 2**20  # the float graph (+ external data)
     line = f"exported {report.architecture} ({report.task}) in {report.seconds_export:.0f}s, {size:.1f} MiB → {out}"
     if report.verify is not None:
         name, worst = report.verify.worst
@@ -164,6 +171,8 @@ def export_(
     if report.quantized is not None:
         q = report.quantized
         line += f"; {q.scheme}: {q.file} {q.bytes / 2**20:.1f} MiB, zeros kept: {'yes' if not q.lost else 'no'}"
+    if ort_format:
+        line += "; ORT format: " + ", ".join(f for f in report.files if f.endswith(".ort")) + " + required_operators.config"
     typer.echo(line)
 
 

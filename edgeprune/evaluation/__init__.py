@@ -94,8 +94,20 @@ def evaluate(
     max_windows: int | None = None,
     attention: bool = True,
     device: str = "cpu",
+    onnx_file: str | None = None,
 ) -> EvalResult:
-    """Evaluate a model folder/alias on held-out text (``pydoc`` = the held-out pydoc split, or a file)."""
+    """Evaluate a model folder/alias on held-out text (``pydoc`` = the held-out pydoc split, or a file).
+
+    An exported folder (model.onnx, no PyTorch weights), or any folder with ``onnx_file`` given, is
+    evaluated through ONNX Runtime instead: see :mod:`edgeprune.onnx.evaluate`.
+    """
+    from edgeprune.onnx.evaluate import is_onnx_dir
+
+    if onnx_file is not None or is_onnx_dir(model):
+        from edgeprune.onnx.evaluate import evaluate_onnx
+
+        return evaluate_onnx(model, text, reference, seqlen, max_windows, onnx_file or "model.onnx")
+
     from edgeprune.models.loading import load_model
     from edgeprune.runtime import resolve_device
 

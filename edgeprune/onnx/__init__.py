@@ -38,6 +38,7 @@ class QuantizeConfig:
     scheme: str = "int8"
     block_size: int = 32  # int4: weights per scale along the input dimension
     symmetric: bool = True  # int4: symmetric codes (zero point 8) or an asymmetric zero point per block
+    head: bool = True  # int4: also the token embedding and the LM head (one shared 4-bit table when tied)
 
     def __post_init__(self):
         if self.scheme not in QUANT_SCHEMES:
@@ -57,6 +58,7 @@ class ExportConfig:
     new_tokens: int = 32  # decoders: greedy tokens that must match exactly
     opset: int | None = None  # None: optimum's default for the architecture
     quantize: QuantizeConfig | None = None  # also write model_int8.onnx / model_int4.onnx next to the float graph
+    ort_format: bool = False  # also write .ort files (ORT mobile / minimal builds) and required_operators.config
 
 
 @dataclass
@@ -176,9 +178,9 @@ def _quantize(loaded, onnx_path: Path, config: ExportConfig, report: ExportRepor
     q = config.quantize
     dst = onnx_path.with_name(f"model_{q.scheme}.onnx")
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
-    quantize_graph(onnx_path, dst, q, external)
+    head = quantize_graph(onnx_path, dst, q, external)
     settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"]} if q.scheme == "int8" else \
-        {"block_size": q.block_size, "symmetric": q.symmetric, "ops": ["MatMul"]}
+        {"block_size": q.block_size, "symmetric": q.symmetric, "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
     fp32_inits = {l.layer: l.initializer for l in report.sparsity.layers if l.initializer}
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:
@@ -239,7 +241,12 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
         if config.quantize is not None:
             report.quantized = _quantize(loaded, onnx_path, config, report, layers, layer_patterns(meta))
             _check(report, config)
-        report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name}
+        if config.ort_format:
+            from edgeprune.onnx.mobile import OPS_CONFIG, convert_to_ort
+
+            convert_to_ort(tmp)
+        report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
+                        if ".onnx" in p.name or p.suffix == ".ort" or p.name == (OPS_CONFIG if config.ort_format else None)}
         write_json(tmp / METADATA_FILE, {
             "edgeprune_version": __version__,
             "export": report.to_dict(),

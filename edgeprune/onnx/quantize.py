@@ -3,7 +3,9 @@ pruned zeros survive it: a weight that was exactly zero must dequantise to exact
 (its quantised code equals the zero point), so N:M patterns hold in the quantised graph too.
 
 int8: dynamic quantisation, per output channel, symmetric int8 weights (MatMulInteger).
-int4: block-wise MatMulNBits along the input dimension (block_size, symmetric or not).
+int4: block-wise MatMulNBits along the input dimension (block_size, symmetric or not); with
+``head`` also the token embedding (GatherBlockQuantized) and the LM head, which share one
+4-bit table when the model ties them (the tied head is otherwise an fp32 MatMul on a Transpose).
 """
 
 from __future__ import annotations
@@ -58,21 +60,109 @@ class QuantReport:
         }
 
 
-def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: bool) -> None:
-    """Write a weight-quantised copy of ``src`` to ``dst``."""
+def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: bool) -> dict | None:
+    """Write a weight-quantised copy of ``src`` to ``dst``; returns what :func:`quantize_token_embedding` did, if anything."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if config.scheme == "int8":
         # MatMul only: embeddings (Gather) stay float, as the pruned layers are all MatMuls.
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
                          use_external_data_format=external_data)
-        return
+        return None
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    import logging
+
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=config.block_size, is_symmetric=config.symmetric)
-    quantizer.process()
+    log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = log.level
+    log.setLevel(logging.WARNING)  # it logs every node at INFO
+    try:
+        quantizer.process()
+    finally:
+        log.setLevel(level)
+    head = quantize_token_embedding(quantizer.model.model, config.block_size) if config.head else None
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
+    return head
+
+
+def int4_rows(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric 4-bit codes of a [rows, cols] table, in blocks of ``block`` along each row.
+
+    Returns packed codes [rows, cols/block, block/2] (uint8, low nibble first; MatMulNBits' B layout)
+    and scales [rows, cols/block]. Code 8 is zero, so a weight that is exactly 0 stays exactly 0; the
+    largest-magnitude value of a block maps to code 0 (scale = value / -8), as ORT's int4 quantiser does.
+    """
+    rows, cols = weight.shape
+    blocks = weight.reshape(rows, cols // block, block)
+    extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[..., None], -1)
+    scales = extreme / -8.0
+    codes = np.clip(np.rint(blocks / np.where(scales == 0, 1, scales)), -8, 7).astype(np.int8) + 8
+    codes = codes.astype(np.uint8)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    return packed, scales[..., 0].astype(weight.dtype)
+
+
+def quantize_token_embedding(model, block: int) -> dict | None:
+    """Quantise the token embedding (the Gather reading ``input_ids``) to 4 bits in place, and the LM head with it.
+
+    A tied head appears in the export as ``MatMul(x, Transpose(embedding))``; it becomes a MatMulNBits that
+    reads the same packed table as the GatherBlockQuantized, so the file holds the table once (scales twice,
+    as the two ops want them in different shapes). Returns what was done, or None when the graph has no
+    such embedding or its width is not a multiple of ``block``.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits and n.input[1] == "input_ids"), None)
+    if gather is None or any(a.name == "axis" and a.i != 0 for a in gather.attribute):
+        return None
+    table = gather.input[0]
+    weight = numpy_helper.to_array(inits[table])
+    if weight.ndim != 2 or weight.shape[1] % block or weight.dtype != np.float32:
+        return None
+    rows, cols = weight.shape
+    packed, scales = int4_rows(weight, block)
+    q_name, s_name = table + "_Q4", table + "_scales"
+    graph.initializer.extend([
+        numpy_helper.from_array(packed, q_name),
+        numpy_helper.from_array(scales, s_name),  # MatMulNBits: [rows, blocks]
+        numpy_helper.from_array(scales[..., None], s_name + "_3d"),  # GatherBlockQuantized: one per (row, block)
+        numpy_helper.from_array(np.array([0] * 2 + [cols], np.int64), table + "_gather_shape"),
+    ])
+
+    def transposed(node) -> bool:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        return node.op_type == "Transpose" and node.input[0] == table and perm == [1, 0]
+
+    heads = {n.output[0] for n in graph.node if transposed(n)}
+    new_nodes, tied_heads = [], 0
+    for node in graph.node:
+        if node is gather:
+            # Codes gathered as [.., blocks, block], then back to [.., cols]; ids are [batch, seq] in these graphs.
+            new_nodes += [
+                helper.make_node("GatherBlockQuantized", [q_name, node.input[1], s_name + "_3d"], [node.output[0] + "_blocks"],
+                                 name=node.name + "_Q4", domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=block, bits=4),
+                helper.make_node("Reshape", [node.output[0] + "_blocks", table + "_gather_shape"], [node.output[0]], name=node.name + "_Q4_reshape"),
+            ]
+        elif node.op_type == "MatMul" and node.input[1] in heads:
+            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], q_name, s_name], list(node.output), name=node.name + "_Q4",
+                                              domain="com.microsoft", K=cols, N=rows, bits=4, block_size=block))
+            tied_heads += 1
+        else:
+            new_nodes.append(node)
+    used = {i for n in new_nodes for i in n.input} | {o.name for o in graph.output}
+    new_nodes = [n for n in new_nodes if not (transposed(n) and n.output[0] not in used)]
+    graph.ClearField("node")
+    graph.node.extend(new_nodes)
+    used = {i for n in new_nodes for i in n.input}
+    if table not in used:
+        graph.initializer.remove(inits[table])
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return {"table": table, "shape": [rows, cols], "tied_heads": tied_heads, "block_size": block}
 
 
 def _nibbles(packed: np.ndarray, count: int) -> np.ndarray:
