@@ -352,3 +352,126 @@ def test_smollm2_export_is_token_identical(tmp_path):
 def test_minilm_export_with_pooling(tmp_path):
     report = export("minilm-l6", tmp_path / "onnx", ExportConfig(pooling=True))
     assert report.verify.embedding_cosine_min > 0.9999
+
+
+# --- evaluation through ONNX Runtime ------------------------------------------------------------
+
+
+def test_ort_eval_decoder_perplexity_matches_torch(tiny_llama_dir, tmp_path):
+    from edgeprune.evaluation import evaluate
+
+    out = tmp_path / "onnx"
+    export(str(tiny_llama_dir), out, ExportConfig(verify=False))
+    torch_ppl = evaluate(str(tiny_llama_dir), seqlen=64, max_windows=4, attention=False).perplexity
+    result = evaluate(str(out), seqlen=64, max_windows=4)  # an exported folder dispatches to ORT
+    assert result.model == str(out / "model.onnx") and result.task == "text-generation" and result.tokens == 256
+    assert result.perplexity == pytest.approx(torch_ppl, rel=0.01)
+
+    cli = runner.invoke(app, ["eval", str(out), "--onnx-file", "model.onnx", "--seqlen", "64", "--max-windows", "4"])
+    assert cli.exit_code == 0, cli.output
+    assert json.loads(cli.stdout)["perplexity"] == pytest.approx(result.perplexity, rel=1e-6)
+
+
+def test_ort_eval_encoder_cosine_to_dense_reference(tiny_bert_dir, tmp_path):
+    from edgeprune.evaluation import evaluate
+
+    for pooling in (True, False):  # pooled in the graph, or pooled by the evaluator
+        out = tmp_path / f"onnx-{pooling}"
+        export(str(tiny_bert_dir), out, ExportConfig(pooling=pooling, verify=False))
+        result = evaluate(str(out))
+        assert result.task == "feature-extraction" and result.sentences > 10
+        assert result.reference == str(tiny_bert_dir)  # the export's source, from edgeprune.json
+        assert result.embedding_cosine > 0.9999
+
+
+def test_ort_eval_of_a_truncated_graph_is_one_line(tiny_llama_dir, tmp_path):
+    out = tmp_path / "onnx"
+    export(str(tiny_llama_dir), out, ExportConfig(verify=False))
+    data = (out / "model.onnx").read_bytes()
+    (out / "model.onnx").write_bytes(data[: len(data) // 3])
+    result = runner.invoke(app, ["eval", str(out)])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "cannot load ONNX model" in line and "model.onnx" in line and "truncated or corrupt" in line
+
+    result = runner.invoke(app, ["eval", str(out), "--onnx-file", "model_int4.onnx"])
+    assert result.exit_code == 2 and "not found" in _error_line(result)
+
+
+# --- int4 token embedding and tied LM head --------------------------------------------------------
+
+
+def test_int4_rows_exact_codes_on_a_hand_made_row():
+    from edgeprune.onnx.quantize import int4_rows
+
+    row = np.tile(np.array([-8, -4, 0, 2, 7, 0, 1, -1], np.float32), 4)[None] * 0.5  # largest magnitude -4 → scale 0.5
+    packed, scales = int4_rows(row, 32)
+    assert packed.shape == (1, 1, 16) and scales.tolist() == [[0.5]]
+    codes = np.stack([packed & 0x0F, packed >> 4], -1).reshape(-1)
+    assert codes[:8].tolist() == [0, 4, 8, 10, 15, 8, 9, 7]  # value / scale + 8; zeros are code 8
+    assert np.array_equal((codes.astype(np.float32) - 8) * 0.5, row[0])
+    assert int4_rows(np.zeros((2, 32), np.float32), 32)[1].tolist() == [[0.0], [0.0]]  # all-zero block: scale 0, codes 8
+
+
+def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(pruned_llama_dir, pruned_llama_onnx, tmp_path):
+    from edgeprune.onnx import QuantizeConfig
+    from edgeprune.onnx.quantize import quantize_graph
+
+    out = tmp_path / "q"
+    report = export(str(pruned_llama_dir), out, ExportConfig(quantize=QuantizeConfig("int4", head=True)))
+    q = report.quantized
+    assert all(l.kept_zeros == l.torch_zeros > 0 and l.nm_ok for l in q.layers)
+    assert q.settings["embedding"]["tied_heads"] == 1 and "Gather" in q.settings["ops"]
+
+    graph = onnx.load(str(out / "model_int4.onnx")).graph
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head"))
+    assert gather.input[0] == head.input[1]  # one packed table for both
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    assert "model.embed_tokens.weight" not in inits and not any(n.op_type == "Transpose" and n.input[0] == "model.embed_tokens.weight"
+                                                                 for n in graph.node)
+    old = tmp_path / "model_int4_fp32head.onnx"
+    quantize_graph(pruned_llama_onnx[0] / "model.onnx", old, QuantizeConfig("int4", head=False), external_data=False)
+    assert q.bytes < old.stat().st_size
+
+    # The table dequantises to within one step of the fp32 embedding (half a step, except values clipped to code 15
+    # on the side opposite the block's extreme), and the graph runs and decodes.
+    from transformers import AutoModelForCausalLM
+
+    emb = AutoModelForCausalLM.from_pretrained(pruned_llama_dir).model.embed_tokens.weight.detach().numpy()
+    packed, scales = inits[head.input[1]], inits[head.input[2]]
+    codes = np.stack([packed & 0x0F, packed >> 4], -1).reshape(emb.shape).astype(np.float32)
+    deq = ((codes - 8).reshape(emb.shape[0], -1, 32) * scales[..., None]).reshape(emb.shape)
+    step = np.repeat(np.abs(scales), 32, axis=1)
+    assert np.all(np.abs(deq - emb) <= step + 1e-7) and np.mean(np.abs(deq - emb) <= step / 2 + 1e-7) > 0.99
+    sess = session(out / "model_int4.onnx")
+    ids = np.array([[5, 17, 33, 90, 120, 7]], np.int64)
+    decoder = OrtDecoder(sess)
+    logits, _, outs = decoder.step(ids, np.ones_like(ids), decoder.empty_past(1))
+    assert np.isfinite(logits).all() and len(decoder.greedy(ids, 8)) == 8
+
+
+# --- mobile format ------------------------------------------------------------------------------
+
+
+def test_ort_format_files_load_and_run(tiny_llama_dir, tmp_path):
+    from edgeprune.onnx import QuantizeConfig
+
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["export", str(tiny_llama_dir), "--out", str(out), "--no-verify", "--quantize", "int4", "--ort-format"])
+    assert result.exit_code == 0, result.output
+    assert "ORT format: model.ort, model_int4.ort" in result.stdout
+    config = (out / "required_operators.config").read_text()
+    assert "# - model_int4.ort" in config and str(tmp_path) not in config
+    ms_ops = next(l for l in config.splitlines() if l.startswith("com.microsoft;1;")).split(";")[2].split(",")
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= set(ms_ops)
+    files = json.loads((out / "edgeprune.json").read_text())["export"]["files"]
+    assert {"model.ort", "model_int4.ort", "required_operators.config"} <= set(files)
+
+    ids = np.array([[5, 17, 33, 90, 120, 7]], np.int64)
+    for name in ("model", "model_int4"):
+        ref, ort_ = OrtDecoder(session(out / f"{name}.onnx")), OrtDecoder(session(out / f"{name}.ort"))
+        a, _, _ = ref.step(ids, np.ones_like(ids), ref.empty_past(1))
+        b, _, _ = ort_.step(ids, np.ones_like(ids), ort_.empty_past(1))
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert QuantizeConfig("int4").head is True  # the default the CLI run above used
