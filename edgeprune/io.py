@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -57,15 +58,17 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = False):
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-        os.close(fd)
+        tmp = parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
+        # os.open with 0o666 honours the umask (mkstemp would leave the result readable by its owner only).
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        mode = tmp.stat().st_mode & 0o777
     except OSError as exc:
         raise EdgepruneError(f"cannot write to '{parent}': {exc.strerror}", "choose a writable --out") from None
-    tmp = Path(name)
     try:
         yield tmp
         if out.is_dir():
             raise EdgepruneError(f"output '{out}' is a folder", "choose a file name for --out")
+        os.chmod(tmp, mode)  # writers such as safetensors may recreate the file owner-only
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

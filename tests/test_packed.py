@@ -274,7 +274,7 @@ def test_other_schema_version_is_rejected(packed24, tmp_path):
 
 
 def test_manifest_edit_without_checksum_update_is_caught(packed24, tmp_path):
-    data = _rewrite(packed24, tmp_path, edit_manifest=lambda m: m.update(values="fp32", edgeprune_version="x"), fix_checksum=False)
+    data = _rewrite(packed24, tmp_path, edit_manifest=lambda m: m.update(edgeprune_version="9.9"), fix_checksum=False)
     _unpack_fails(data, tmp_path, "checksum mismatch")
 
 
@@ -343,3 +343,21 @@ def test_cli_bad_input_is_one_line_exit_2(args, nm24_dir, tiny_llama_dir, tmp_pa
     lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert not (tmp_path / "p.nm").exists() and not (tmp_path / "out").exists()
+
+
+def test_bf16_model_with_bf16_values_is_exact_and_shards_are_kept(tiny_tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    src = _nm_folder(tmp_path / "f32", tiny_tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "src", max_shard_size="100KB")
+    tiny_tokenizer.save_pretrained(tmp_path / "src")
+    shards = sorted(p.name for p in (tmp_path / "src").glob("*.safetensors"))
+    assert len(shards) > 1
+    pack(tmp_path / "src", tmp_path / "p.nm", values="bf16")
+    unpack(tmp_path / "p.nm", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == shards
+    for shard in shards:
+        a, b = load_file(str(tmp_path / "src" / shard)), load_file(str(tmp_path / "out" / shard))
+        assert set(a) == set(b) and all(b[k].dtype == torch.bfloat16 and torch.equal(a[k], b[k]) for k in a)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto").dtype == torch.bfloat16
