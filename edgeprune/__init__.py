@@ -26,6 +26,9 @@ _LAZY = {
     "is_nm": "edgeprune.sparsity",
     "check_nm": "edgeprune.sparsity",
     "parse_sparsity": "edgeprune.sparsity",
+    "pack": "edgeprune.sparsity.packed",
+    "unpack": "edgeprune.sparsity.packed",
+    "PackReport": "edgeprune.sparsity.packed",
     "EdgepruneError": "edgeprune.errors",
 }
 

@@ -54,7 +54,6 @@ values, cast back to the source dtype.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
