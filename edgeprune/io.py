@@ -32,6 +32,9 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False):
         raise EdgepruneError(f"cannot write to '{parent}': {exc.strerror}", "choose a writable --out") from None
     try:
         yield tmp
+        _umask = os.umask(0)
+        os.umask(_umask)
+        os.chmod(tmp, 0o777 & ~_umask)  # mkdtemp makes 0700; the result is an ordinary folder
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)

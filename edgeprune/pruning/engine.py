@@ -131,7 +131,8 @@ def apply_results(linears: dict[str, nn.Linear], results: dict[str, LinearResult
         for name, res in results.items():
             weight = linears[name].weight
             new = weight if res.weight is None else res.weight.to(weight.dtype)
-            weight.copy_(new * res.mask.to(weight.device, weight.dtype))
+            # where(), not a product: pruned entries become +0.0, never -0.0
+            weight.copy_(torch.where(res.mask.to(weight.device), new, torch.zeros((), dtype=weight.dtype, device=weight.device)))
 
 
 class Pruner(ABC):

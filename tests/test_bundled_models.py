@@ -1,0 +1,49 @@
+"""Slow tests on the real bundled models (run with `make test-slow`)."""
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_loads_as_llama_with_gqa_and_rope():
+    from edgeprune.models.loading import load_model
+
+    lm = load_model("smollm2-135m")
+    cfg = lm.model.config
+    assert lm.adapter.family == "llama" and cfg.num_hidden_layers == 30
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (9, 3)
+    parts = lm.adapter.attention(lm.adapter.blocks(lm.model)[0])
+    assert parts.rope is not None and parts.causal and parts.head_dim == 64
+    ids = lm.tokenizer("The quick brown fox", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = lm.model(ids).logits
+    assert torch.isfinite(logits).all()
+
+
+def test_smollm2_prune_2of4_saves_loadable_nm_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import edgeprune
+    from edgeprune.data import CalibConfig
+
+    out = tmp_path / "smol"
+    edgeprune.prune("smollm2-135m", out, edgeprune.PruneConfig(method="wanda", sparsity="2:4", calib=CalibConfig(samples=4, seqlen=128)))
+    model = AutoModelForCausalLM.from_pretrained(out)
+    reports = edgeprune.check_nm(model, 2, 4)
+    assert len(reports) == 30 * 7 and all(r.ok for r in reports)
+    meta = json.loads((out / "edgeprune.json").read_text())
+    assert meta["overall_sparsity"] == pytest.approx(0.5) and len(meta["attention_error"]) == 30
+
+
+def test_minilm_prune_keeps_embeddings_close(tmp_path):
+    import edgeprune
+    from edgeprune.data import CalibConfig
+
+    out = tmp_path / "minilm"
+    edgeprune.prune("minilm-l6", out, edgeprune.PruneConfig(method="sparsegpt", sparsity="0.5", calib=CalibConfig(samples=16, seqlen=128)))
+    result = edgeprune.evaluate(str(out))
+    assert result.embedding_cosine > 0.8
+    assert (out / "modules.json").exists() and (out / "1_Pooling" / "config.json").exists()
