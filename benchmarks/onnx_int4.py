@@ -1,5 +1,6 @@
 """What int4 does to an exported decoder in ONNX Runtime: file size, prefill and decode latency, and
-held-out perplexity, for fp32 vs int4 with an fp32 embedding/LM head vs int4 with the head quantised.
+held-out perplexity, for fp32 vs int4 with an fp32 embedding/LM head (before) vs int4 with the head
+quantised, with fp32 compute (accuracy level 0) and with int8 compute (level 4, edgeprune's default).
 
     python benchmarks/onnx_int4.py --model smollm2-135m --threads 2
 
@@ -81,11 +82,17 @@ def run(model: str, out: Path, threads: int, prompt_tokens: int, decode_tokens: 
 
     torch.set_num_threads(threads)  # the ORT sessions take their thread count from torch's
     folder = out / f"onnx_int4-{Path(model).name}"  # reused when it exists: delete it to export again
-    if not (folder / "model_int4.onnx").is_file():
-        export(model, folder, ExportConfig(quantize=QuantizeConfig("int4", block_size=block_size, head=True)), overwrite=True)
-    old = folder / "model_int4_fp32head.onnx"
-    if not old.is_file():
-        quantize_graph(folder / "model.onnx", old, QuantizeConfig("int4", block_size=block_size, head=False), external_data=False)
+    if not (folder / "model_int4.onnx").is_file():  # edgeprune's default int4: head quantised, accuracy level 4
+        export(model, folder, ExportConfig(quantize=QuantizeConfig("int4", block_size=block_size)), overwrite=True)
+    variants = [("fp32", "model.onnx")]
+    for name, file, config in [
+        ("int4 before (fp32 head, fp32 compute)", "model_int4_fp32head.onnx", QuantizeConfig("int4", block_size, head=False, accuracy_level=0)),
+        ("int4, head int4, fp32 compute", "model_int4_acc0.onnx", QuantizeConfig("int4", block_size, head=True, accuracy_level=0)),
+    ]:
+        if not (folder / file).is_file():
+            quantize_graph(folder / "model.onnx", folder / file, config, external_data=False)
+        variants.append((name, file))
+    variants.append(("int4, head int4, int8 compute (default)", "model_int4.onnx"))
 
     loaded = load_model(model, device="cpu", dtype=torch.float32)
     body = load_text("pydoc", "eval")
@@ -97,7 +104,7 @@ def run(model: str, out: Path, threads: int, prompt_tokens: int, decode_tokens: 
     prompt = tokenize(_tokenizer(folder), body)[:prompt_tokens].numpy()[None].astype(np.int64)
 
     reference_tokens = None
-    for name, file in [("fp32", "model.onnx"), ("int4, fp32 head", old.name), ("int4, head int4", "model_int4.onnx")]:
+    for name, file in variants:
         sess = load_session(folder / file)
         prefill_ms, decode_ms, tokens = _time_decoder(sess, prompt, decode_tokens, repeats)
         reference_tokens = reference_tokens or tokens
@@ -105,7 +112,7 @@ def run(model: str, out: Path, threads: int, prompt_tokens: int, decode_tokens: 
         result.variants.append(Variant(name, file, (folder / file).stat().st_size, round(prefill_ms, 2), round(decode_ms, 3),
                                        onnx_perplexity(sess, windows), agree))
         del sess
-        print(f"{name:18s} {result.variants[-1]}", flush=True)
+        print(result.variants[-1], flush=True)
     return result
 
 

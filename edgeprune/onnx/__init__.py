@@ -39,12 +39,15 @@ class QuantizeConfig:
     block_size: int = 32  # int4: weights per scale along the input dimension
     symmetric: bool = True  # int4: symmetric codes (zero point 8) or an asymmetric zero point per block
     head: bool = True  # int4: also the token embedding and the LM head (one shared 4-bit table when tied)
+    accuracy_level: int = 4  # int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPU), 0 = fp32 as stored
 
     def __post_init__(self):
         if self.scheme not in QUANT_SCHEMES:
             raise EdgepruneError(f"unknown quantisation '{self.scheme}'", "use --quantize int8 or --quantize int4")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise EdgepruneError(f"int4 block size {self.block_size} is not a power of two >= 16", "use 32, 64 or 128")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise EdgepruneError(f"int4 accuracy level {self.accuracy_level} is not one of 0-4", "use 4 (int8 compute) or 0 (fp32)")
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,8 @@ def _quantize(loaded, onnx_path: Path, config: ExportConfig, report: ExportRepor
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
     head = quantize_graph(onnx_path, dst, q, external)
     settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"]} if q.scheme == "int8" else \
-        {"block_size": q.block_size, "symmetric": q.symmetric, "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
+        {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
+         "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
     fp32_inits = {l.layer: l.initializer for l in report.sparsity.layers if l.initializer}
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:

@@ -74,7 +74,8 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
 
     import logging
 
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=config.block_size, is_symmetric=config.symmetric)
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=config.block_size, is_symmetric=config.symmetric,
+                                     accuracy_level=config.accuracy_level or None)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
     log.setLevel(logging.WARNING)  # it logs every node at INFO
@@ -82,7 +83,7 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
         quantizer.process()
     finally:
         log.setLevel(level)
-    head = quantize_token_embedding(quantizer.model.model, config.block_size) if config.head else None
+    head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level) if config.head else None
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return head
 
@@ -104,7 +105,7 @@ def int4_rows(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     return packed, scales[..., 0].astype(weight.dtype)
 
 
-def quantize_token_embedding(model, block: int) -> dict | None:
+def quantize_token_embedding(model, block: int, accuracy_level: int = 0) -> dict | None:
     """Quantise the token embedding (the Gather reading ``input_ids``) to 4 bits in place, and the LM head with it.
 
     A tied head appears in the export as ``MatMul(x, Transpose(embedding))``; it becomes a MatMulNBits that
@@ -149,7 +150,8 @@ def quantize_token_embedding(model, block: int) -> dict | None:
             ]
         elif node.op_type == "MatMul" and node.input[1] in heads:
             new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], q_name, s_name], list(node.output), name=node.name + "_Q4",
-                                              domain="com.microsoft", K=cols, N=rows, bits=4, block_size=block))
+                                              domain="com.microsoft", K=cols, N=rows, bits=4, block_size=block,
+                                              **({"accuracy_level": accuracy_level} if accuracy_level else {})))
             tied_heads += 1
         else:
             new_nodes.append(node)
