@@ -94,6 +94,7 @@ def prune(
     device: str = typer.Option("cpu", help="cpu, cuda or auto"),
     override: List[str] = typer.Option([], help="per-layer override GLOB=SPEC, e.g. '*.down_proj=dense' or '*layers.0.*=4:8'"),
     option: List[str] = typer.Option([], help="method hyperparameter KEY=VALUE, e.g. steps=60"),
+    permute: bool = typer.Option(False, help="N:M: first reorder input channels (absorbed exactly) to keep more important weights"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Prune MODEL and write a Hugging Face folder with zeros in the weights and edgeprune.json."""
@@ -107,6 +108,7 @@ def prune(
         device=device,
         overrides=_key_values(override, "override"),
         options={k: _typed(v) for k, v in _key_values(option, "option").items()},
+        permute=permute,
     )
     with _LayerProgress(f"{method} {sparsity}") as bar:
         report = run_prune(model, out, config, overwrite=overwrite, progress=bar)

@@ -37,6 +37,22 @@ class AttentionParts:
     rope: Callable[[torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor]] | None
 
 
+@dataclass(frozen=True)
+class ChannelPermutation:
+    """Input channels of ``consumer`` whose order the block absorbs exactly by permuting ``producers``' rows.
+
+    The consumer's input is ``consumer_segments`` equal segments (e.g. attention heads) and the
+    producers' output ``producer_segments`` segments (e.g. KV heads); consumer segment h reads
+    producer segment h // (consumer_segments // producer_segments). A permutation acts within
+    each producer segment and is repeated on every consumer segment that reads it.
+    """
+
+    consumer: str
+    producers: tuple[str, ...]
+    consumer_segments: int = 1
+    producer_segments: int = 1
+
+
 class Adapter(ABC):
     """One architecture family. Subclasses are small and declarative."""
 
@@ -69,6 +85,10 @@ class Adapter(ABC):
 
     @abstractmethod
     def attention(self, block: nn.Module) -> AttentionParts: ...
+
+    def permutations(self, block: nn.Module) -> list[ChannelPermutation]:
+        """Channel reorders this architecture absorbs at zero run-time cost (used to raise N:M quality)."""
+        return []
 
     def block_linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         return {name: lin for stage in self.stages(block) for name, lin in stage.items()}

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from edgeprune.models.base import Adapter, AttentionParts
+from edgeprune.models.base import Adapter, AttentionParts, ChannelPermutation
 from edgeprune.models.registry import ADAPTERS
 
 
@@ -36,6 +36,13 @@ class BertAdapter(Adapter):
             {"attention.output.dense": block.attention.output.dense},
             {"intermediate.dense": block.intermediate.dense},
             {"output.dense": block.output.dense},
+        ]
+
+    def permutations(self, block: nn.Module) -> list[ChannelPermutation]:
+        heads = block.attention.self.num_attention_heads
+        return [
+            ChannelPermutation("output.dense", ("intermediate.dense",)),
+            ChannelPermutation("attention.output.dense", ("attention.self.value",), heads, heads),
         ]
 
     def embed(self, model: nn.Module, input_ids: torch.Tensor):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.models.base import Adapter, AttentionParts
+from edgeprune.models.base import Adapter, AttentionParts, ChannelPermutation
 from edgeprune.models.registry import ADAPTERS
 
 
@@ -39,6 +39,13 @@ class LlamaAdapter(Adapter):
             {"self_attn.o_proj": attn.o_proj},
             {"mlp.gate_proj": mlp.gate_proj, "mlp.up_proj": mlp.up_proj},
             {"mlp.down_proj": mlp.down_proj},
+        ]
+
+    def permutations(self, block: nn.Module) -> list[ChannelPermutation]:
+        cfg = block.self_attn.config
+        return [
+            ChannelPermutation("mlp.down_proj", ("mlp.gate_proj", "mlp.up_proj")),
+            ChannelPermutation("self_attn.o_proj", ("self_attn.v_proj",), cfg.num_attention_heads, cfg.num_key_value_heads),
         ]
 
     def embed(self, model: nn.Module, input_ids: torch.Tensor):

@@ -33,6 +33,7 @@ class PruneConfig:
     overrides: dict[str, str] = field(default_factory=dict)  # glob on layer name → "dense" or a sparsity
     options: dict[str, Any] = field(default_factory=dict)  # method hyperparameters
     batch_size: int = 8
+    permute: bool = False  # N:M: reorder input channels first (exactly absorbed) to keep more important weights
 
 
 def make_pruner(method: str, options: dict[str, Any] | None = None) -> Pruner:
@@ -83,7 +84,8 @@ def prune(
     loaded = load_model(model, device=device)
     calib_ids = calibration_batch(loaded.tokenizer, config.calib)
     report = prune_model(
-        loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress
+        loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
+        permute=config.permute,
     )
     with atomic_dir(out, overwrite) as tmp:
         loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
@@ -105,6 +107,7 @@ def prune(
             "layers": [dataclasses.asdict(layer) for layer in report.layers],
             "attention_error": report.attention_error,
             "diagnostics": report.diagnostics,
+            "permutations": report.permutations,
         }
         write_json(tmp / METADATA_FILE, meta)
     return report

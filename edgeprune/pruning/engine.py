@@ -20,8 +20,9 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.models.base import Adapter
 from edgeprune.pruning.attention_math import attention_error, attention_probs
-from edgeprune.pruning.kernels import CrossHessian
+from edgeprune.pruning.kernels import ColumnSquareNorms, CrossHessian, wanda_scores
 from edgeprune.sparsity import SparsitySpec, parse_sparsity
+from edgeprune.sparsity.permute import apply_permutation, kept_score, segment_permutations
 
 
 @dataclass
@@ -44,7 +45,7 @@ class BlockContext:
     context: Any  # per-sequence extras every block call needs (e.g. rotary cos/sin)
     specs: dict[str, SparsitySpec]  # per linear name (relative to the block); absent = keep dense
     batch_size: int
-    dense_block: nn.Module  # an untouched copy of the block, for dense targets
+    dense_block: nn.Module | None  # an untouched copy of the block, for dense targets
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
     _dense_inputs: dict | None = field(default=None, repr=False)
 
@@ -167,6 +168,7 @@ class PruneReport:
     seconds: float
     settings: dict
     diagnostics: list = field(default_factory=list)
+    permutations: list = field(default_factory=list)
 
 
 def resolve_specs(adapter: Adapter, model: nn.Module, default: SparsitySpec, overrides: dict[str, str]) -> dict[str, dict[str, SparsitySpec]]:
@@ -190,6 +192,28 @@ def resolve_specs(adapter: Adapter, model: nn.Module, default: SparsitySpec, ove
     return out
 
 
+def permute_block(ctx: BlockContext) -> list[dict]:
+    """Reorder the input channels of the block's N:M consumers (exactly absorbed) to raise the kept score."""
+    todo = [cp for cp in ctx.adapter.permutations(ctx.block) if getattr(ctx.specs.get(cp.consumer), "is_nm", False)]
+    if not todo:
+        return []
+    names = [cp.consumer for cp in todo]
+    norms = ctx.collect(names, lambda f: ColumnSquareNorms(f, ctx.inputs.device)) if ctx.inputs is not None else {}
+    linears = ctx.linears()
+    log = []
+    for cp in todo:
+        spec = ctx.specs[cp.consumer]
+        weight = linears[cp.consumer].weight.detach().float()
+        scores = wanda_scores(weight, norms[cp.consumer].value) if cp.consumer in norms else weight.abs()
+        perms = segment_permutations(scores.cpu(), cp.consumer_segments, cp.producer_segments, spec.n, spec.m)
+        before = float(kept_score(scores, spec.n, spec.m))
+        apply_permutation(linears, cp.consumer, cp.producers, perms, cp.consumer_segments)
+        new_scores = wanda_scores(linears[cp.consumer].weight.detach().float(), norms[cp.consumer].value) if cp.consumer in norms else linears[cp.consumer].weight.detach().abs()
+        after = float(kept_score(new_scores, spec.n, spec.m))
+        log.append({"block": ctx.index, "layer": cp.consumer, "kept_score_gain": round(after / before - 1, 6)})
+    return log
+
+
 @torch.no_grad()
 def _block_attention_error(adapter: Adapter, block, dense_block, x: torch.Tensor, context) -> float:
     parts, dparts = adapter.attention(block), adapter.attention(dense_block)
@@ -208,6 +232,7 @@ def prune_model(
     device: str = "cpu",
     progress: Callable[[int, int], None] | None = None,
     error_samples: int = 8,
+    permute: bool = False,
 ) -> PruneReport:
     """Prune ``model`` in place, block by block. Returns what was done, per layer."""
     start = time.perf_counter()
@@ -225,10 +250,13 @@ def prune_model(
     layers: list[LayerRecord] = []
     errors: list[dict] = []
     gen = torch.Generator().manual_seed(0)
+    permutations: list[dict] = []
     for i, block in enumerate(blocks):
         prefix = adapter.block_prefix(model, i)
-        dense_block = copy.deepcopy(block)
-        ctx = BlockContext(i, prefix, block, adapter, hidden, context, specs[prefix], batch_size, dense_block, gen)
+        ctx = BlockContext(i, prefix, block, adapter, hidden, context, specs[prefix], batch_size, None, gen)
+        if permute:
+            permutations += permute_block(ctx)
+        dense_block = ctx.dense_block = copy.deepcopy(block)
         results = pruner.prune_block(ctx)
         ctx.apply(results)
         for name, linear in adapter.block_linears(block).items():
@@ -245,4 +273,5 @@ def prune_model(
         if progress:
             progress(i + 1, len(blocks))
     seconds = time.perf_counter() - start
-    return PruneReport(pruner.name, str(spec), layers, errors, seconds, pruner.settings(), list(getattr(pruner, "diagnostics", [])))
+    diagnostics = list(getattr(pruner, "diagnostics", []))
+    return PruneReport(pruner.name, str(spec), layers, errors, seconds, pruner.settings(), diagnostics, permutations)

@@ -1,0 +1,155 @@
+"""Device profiles: plain TOML files in devices/ describing a target (threads, cores, execution providers,
+memory and latency budgets, how long to measure), loaded into a frozen, strictly validated dataclass.
+
+    edgeprune profile out/smol-onnx --device devices/phone-arm-big4.toml --out runs/smol-phone
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+QUANTIZATION_PRESETS = ("none", "int8", "int4")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """A target device as data. Limits are enforced on the measuring process; budgets are pass/fail."""
+
+    name: str
+    description: str = ""
+    intra_op_threads: int | None = None  # None: as many as the cores the process may use
+    cores: tuple[int, ...] | None = None  # CPU affinity; cores this host lacks are clamped away (and reported)
+    execution_providers: tuple[str, ...] = ("CPUExecutionProvider",)  # in order of preference
+    require_providers: bool = False  # true: a provider not installed is an error, not a fallback to CPU
+    graph_optimization: str = "all"  # disable | basic | extended | all
+    quantization: str = "none"  # the ORT quantisation preset that suits the device: none | int8 | int4
+    cpu_mem_arena: bool = True
+    mem_pattern: bool = True
+    memory_budget_mb: float | None = None  # pass/fail on peak RSS
+    memory_limit_mb: float | None = None  # hard cap: the measuring process is killed above it
+    latency_p90_ms_budget: float | None = None  # pass/fail on p90 latency (encoders) or time to first token (decoders)
+    decode_ms_per_token_budget: float | None = None  # pass/fail on mean decode ms/token
+    warmup: int = 10
+    runs: int = 30
+    min_seconds: float = 0.0  # keep measuring until both `runs` and this duration are reached
+
+    def __post_init__(self):
+        def bad(key, problem, fix):
+            raise EdgepruneError(f"device profile '{self.name}': {key} {problem}", fix)
+
+        if not self.name or not re.fullmatch(r"[A-Za-z0-9._-]+", self.name):
+            bad("name", f"'{self.name}' is not a plain name", "use letters, digits, '.', '_' or '-'")
+        if self.intra_op_threads is not None and self.intra_op_threads < 1:
+            bad("intra_op_threads", f"is {self.intra_op_threads}", "use 1 or more, or leave it out for all cores")
+        if self.cores is not None and (not self.cores or any(c < 0 for c in self.cores) or len(set(self.cores)) != len(self.cores)):
+            bad("cores", f"{list(self.cores)} is not a list of distinct core numbers", "use e.g. cores = [4, 5, 6, 7]")
+        if not self.execution_providers:
+            bad("execution_providers", "is empty", 'use e.g. ["CPUExecutionProvider"]')
+        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            bad("graph_optimization", f"'{self.graph_optimization}' is unknown", f"use one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
+        if self.quantization not in QUANTIZATION_PRESETS:
+            bad("quantization", f"'{self.quantization}' is unknown", f"use one of {', '.join(QUANTIZATION_PRESETS)}")
+        for key in ("memory_budget_mb", "memory_limit_mb", "latency_p90_ms_budget", "decode_ms_per_token_budget"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                bad(key, f"is {value}", "use a positive number, or leave it out")
+        if self.warmup < 0:
+            bad("warmup", f"is {self.warmup}", "use 0 or more")
+        if self.runs < 1:
+            bad("runs", f"is {self.runs}", "use 1 or more")
+        if self.min_seconds < 0:
+            bad("min_seconds", f"is {self.min_seconds}", "use 0 or more")
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(DeviceProfile)}
+# TOML type each key takes: (python types accepted, description for the error)
+_KINDS = {
+    str: ((str,), "a string"),
+    int: ((int,), "an integer"),
+    float: ((int, float), "a number"),
+    bool: ((bool,), "true or false"),
+}
+
+
+def _line_of(text: str, key: str) -> int | None:
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+            return number
+    return None
+
+
+def _base_kind(annotation: str) -> tuple[str, bool]:
+    """'int | None' → ('int', optional); 'tuple[int, ...] | None' → ('tuple[int]', optional)."""
+    parts = [p.strip() for p in annotation.split("|")]
+    optional = "None" in parts
+    base = next(p for p in parts if p != "None")
+    if base.startswith("tuple["):
+        base = "tuple[" + base[6:].split(",")[0] + "]"
+    return base, optional
+
+
+def _convert(key: str, value, where: str):
+    base, _ = _base_kind(_FIELDS[key].type)
+    if base.startswith("tuple["):
+        item_type = {"int": int, "str": str}[base[6:-1]]
+        accepted, what = _KINDS[item_type]
+        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, accepted) for v in value):
+            raise EdgepruneError(f"{where}: '{key}' must be a list of {what.split(' ', 1)[1]}s", f"write e.g. {key} = {_example(key)}")
+        return tuple(value)
+    accepted, what = _KINDS[{"str": str, "int": int, "float": float, "bool": bool}[base]]
+    if (isinstance(value, bool) and base != "bool") or not isinstance(value, accepted):
+        raise EdgepruneError(f"{where}: '{key}' must be {what}, not {type(value).__name__}", f"write e.g. {key} = {_example(key)}")
+    return float(value) if base == "float" else value
+
+
+def _example(key: str) -> str:
+    return {"cores": "[4, 5, 6, 7]", "execution_providers": '["CPUExecutionProvider"]', "name": '"my-device"',
+            "description": '"..."', "graph_optimization": '"all"', "quantization": '"int8"'}.get(
+        key, "true" if _base_kind(_FIELDS[key].type)[0] == "bool" else "4")
+
+
+def load_device(path: str | Path) -> DeviceProfile:
+    """Read and validate a device profile; any unknown key or bad value is a one-line error naming the key and its line."""
+    path = Path(path)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in devices_dir().glob("*.toml")) if devices_dir().is_dir() else []
+        raise EdgepruneError(f"device profile '{path}' not found",
+                             f"use one of devices/{{{','.join(shipped)}}}.toml" if shipped else "pass a .toml device profile")
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgepruneError(f"device profile {path} is not valid TOML: {exc}", "fix the syntax on that line") from None
+    values = {}
+    for key, value in data.items():
+        line = _line_of(text, key)
+        where = f"{path}:{line}" if line else str(path)
+        if key not in _FIELDS:
+            near = [k for k in _FIELDS if k.split("_")[0] == key.split("_")[0]]
+            raise EdgepruneError(f"{where}: unknown key '{key}' in device profile",
+                                 f"did you mean {' or '.join(near)}?" if near else f"known keys: {', '.join(_FIELDS)}")
+        values[key] = _convert(key, value, where)
+    if "name" not in values:
+        raise EdgepruneError(f"{path}: device profile has no 'name'", 'add a line like name = "my-device"')
+    try:
+        return DeviceProfile(**values)
+    except EdgepruneError as exc:
+        key = next((k for k in _FIELDS if f": {k} " in exc.problem), None)
+        line = _line_of(text, key) if key else None
+        raise EdgepruneError(f"{path}:{line}: {exc.problem}" if line else f"{path}: {exc.problem}", exc.fix) from None
+
+
+def devices_dir() -> Path:
+    """The devices/ folder shipped next to the package (a source checkout)."""
+    return Path(__file__).resolve().parents[2] / "devices"
