@@ -116,6 +116,37 @@ def prune(
     typer.echo(f"pruned {len(report.layers)} linear layers to {overall:.1%} sparsity in {report.seconds:.0f}s → {out}")
 
 
+@app.command()
+@user_errors
+def nm(
+    model_dir: str = typer.Argument(..., help="unstructured-pruned (or dense) model folder"),
+    out: Path = typer.Option(..., "--out", help="output folder"),
+    pattern: str = typer.Option("2:4", help="N:M pattern, e.g. 2:4 or 4:8"),
+    method: str = typer.Option("attention", help="method that re-fits inside the pattern"),
+    calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    samples: int = typer.Option(32, help="calibration sequences"),
+    seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
+    permute: bool = typer.Option(False, help="reorder input channels first (absorbed exactly)"),
+    compare: bool = typer.Option(True, help="also measure plain projection on held-out text and report the gain"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Convert MODEL_DIR to N:M by re-fitting masks and weights (not just projecting); reports the gain."""
+    from edgeprune.data import CalibConfig
+    from edgeprune.pruning import PruneConfig
+    from edgeprune.pruning.convert import convert_nm
+
+    config = PruneConfig(method=method, sparsity=pattern, calib=CalibConfig(calib, samples, seqlen), permute=permute)
+    with _LayerProgress(f"{method} → {pattern}") as bar:
+        result = convert_nm(model_dir, out, config, compare_projection=compare, overwrite=overwrite, progress=bar)
+    if "gain_over_projection" in result:
+        typer.echo(
+            f"held-out perplexity: input {result['input_perplexity']:.2f}, projection {result['projection_perplexity']:.2f}, "
+            f"re-fit {result['refit_perplexity']:.2f} ({result['gain_over_projection']:.1%} lower than projection) → {out}"
+        )
+    else:
+        typer.echo(f"converted to {pattern} → {out}")
+
+
 @app.command("eval")
 @user_errors
 def eval_(

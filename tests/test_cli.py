@@ -136,3 +136,35 @@ def test_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
     result = runner.invoke(app, ["eval", "someorg/some-model-that-is-not-cached"])
     assert result.exit_code == 2
     assert "Hugging Face Hub" in _error_line(result)
+
+
+def test_nm_conversion_refits_and_reports_gain_over_projection(tiny_llama_dir, tmp_path):
+    unstructured = tmp_path / "u50"
+    assert runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "wanda", "--sparsity", "0.5", "--out", str(unstructured), *SMALL]).exit_code == 0
+    out = tmp_path / "nm"
+    result = runner.invoke(app, ["nm", str(unstructured), "--pattern", "2:4", "--out", str(out), *SMALL])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "edgeprune.json").read_text())
+    conv = meta["conversion"]
+    assert conv["pattern"] == "2:4" and conv["projection_perplexity"] > 0 and conv["refit_perplexity"] > 0
+    assert meta["source_model"] == str(tiny_llama_dir)  # evaluation still compares with the dense model
+    check = runner.invoke(app, ["check", str(out), "--pattern", "2:4"])
+    assert check.exit_code == 0, check.output
+
+
+@pytest.mark.parametrize("pattern,needle", [("4:2", "0 < N < M"), ("0:4", "0 < N < M"), ("2:3", "not divisible by M=3"), ("0.5", "not an N:M pattern")])
+def test_nm_bad_patterns(tiny_llama_dir, tmp_path, pattern, needle):
+    result = runner.invoke(app, ["nm", str(tiny_llama_dir), "--pattern", pattern, "--out", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 2, result.output
+    assert needle in _error_line(result)
+    _no_leftovers(tmp_path)
+
+
+def test_model_without_prunable_layers(tiny_tokenizer, tmp_path):
+    from conftest import make_tiny_llama
+
+    src = tmp_path / "empty-llama"
+    make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=0).save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    result = runner.invoke(app, ["prune", str(src), "--method", "magnitude", "--out", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 2 and "no prunable linear layers" in _error_line(result)

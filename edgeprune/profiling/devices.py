@@ -84,7 +84,7 @@ _KINDS = {
 
 def _line_of(text: str, key: str) -> int | None:
     for number, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line) or re.match(rf"\s*\[+\s*{re.escape(key)}\s*[\].]", line):
             return number
     return None
 

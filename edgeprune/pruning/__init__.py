@@ -72,8 +72,7 @@ def prune(
     progress: Callable[[int, int], None] | None = None,
 ) -> PruneReport:
     """Prune ``model`` (folder, .gguf, Hub id or bundled alias) and write a Hugging Face folder to ``out``."""
-    from edgeprune import __version__
-    from edgeprune.io import atomic_dir, check_out_dir, write_json
+    from edgeprune.io import check_out_dir
     from edgeprune.models.loading import load_model
     from edgeprune.runtime import resolve_device
 
@@ -87,6 +86,15 @@ def prune(
         loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
         permute=config.permute,
     )
+    save_pruned(loaded, report, out, config, device, int(calib_ids.numel()), overwrite)
+    return report
+
+
+def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: str, calib_tokens: int, overwrite: bool, extra: dict | None = None) -> None:
+    """Write the pruned model as a Hugging Face folder with ``edgeprune.json``, atomically."""
+    from edgeprune import __version__
+    from edgeprune.io import atomic_dir, write_json
+
     with atomic_dir(out, overwrite) as tmp:
         loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
@@ -100,17 +108,17 @@ def prune(
             "sparsity": report.sparsity,
             "settings": report.settings,
             "overrides": dict(config.overrides),
+            "permute": config.permute,
             "device": device,
-            "calibration": dataclasses.asdict(config.calib) | {"tokens": int(calib_ids.numel())},
+            "calibration": dataclasses.asdict(config.calib) | {"tokens": calib_tokens},
             "seconds": round(report.seconds, 2),
             "overall_sparsity": _overall(report),
             "layers": [dataclasses.asdict(layer) for layer in report.layers],
             "attention_error": report.attention_error,
             "diagnostics": report.diagnostics,
             "permutations": report.permutations,
-        }
+        } | (extra or {})
         write_json(tmp / METADATA_FILE, meta)
-    return report
 
 
 def _overall(report: PruneReport) -> float:
@@ -119,4 +127,4 @@ def _overall(report: PruneReport) -> float:
     return round(zeros / max(total, 1), 6)
 
 
-__all__ = ["PRUNERS", "PruneConfig", "PruneReport", "Pruner", "make_pruner", "prune", "prune_model"]
+__all__ = ["PRUNERS", "PruneConfig", "PruneReport", "Pruner", "make_pruner", "prune", "prune_model", "save_pruned"]

@@ -187,6 +187,8 @@ def resolve_specs(adapter: Adapter, model: nn.Module, default: SparsitySpec, ove
                 spec.check_width(linear.in_features, full)
                 specs[name] = spec
         out[prefix] = specs
+    if not any(adapter.block_linears(b) for b in adapter.blocks(model)):
+        raise EdgepruneError("the model has no prunable linear layers", "pass a model with transformer blocks")
     if not any(out.values()):
         raise EdgepruneError("nothing to prune: every linear layer is kept dense", "drop some 'dense' overrides")
     return out
