@@ -7,6 +7,7 @@ memory and latency budgets, how long to measure), loaded into a frozen, strictly
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import tomllib
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ def load_device(path: str | Path) -> DeviceProfile:
         line = _line_of(text, key)
         where = f"{path}:{line}" if line else str(path)
         if key not in _FIELDS:
-            near = [k for k in _FIELDS if k.split("_")[0] == key.split("_")[0]]
+            near = difflib.get_close_matches(key, list(_FIELDS), n=2, cutoff=0.6)
             raise EdgepruneError(f"{where}: unknown key '{key}' in device profile",
                                  f"did you mean {' or '.join(near)}?" if near else f"known keys: {', '.join(_FIELDS)}")
         values[key] = _convert(key, value, where)

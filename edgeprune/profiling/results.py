@@ -102,6 +102,8 @@ class Memory:
     samples: int = 0
     interval_ms: float = 0.0
 
+    _derived = ("peak_mb", "agreement")
+
     @property
     def peak_mb(self) -> float:
         return max(self.peak_load_mb, self.peak_run_mb)
@@ -149,6 +151,8 @@ class Budget:
     budget: float
     what: str  # which figure was judged, in words
 
+    _derived = ("passed",)
+
     @property
     def passed(self) -> bool:
         return self.measured <= self.budget
@@ -175,6 +179,8 @@ class RunResult:
     budgets: list[Budget] = field(default_factory=list)
     repeats: list[dict] = field(default_factory=list)  # --strict: headline figures of each repeat
     unstable: list[str] = field(default_factory=list)  # --strict: figures whose repeat medians differ > 5%
+
+    _derived = ("headline",)
 
     @property
     def ok(self) -> bool:
@@ -231,7 +237,10 @@ class Report:
 
 def _to_dict(obj):
     if dataclasses.is_dataclass(obj):
-        return {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        for name in getattr(obj, "_derived", ()):  # properties worth reading in report.json; ignored when loading
+            out[name] = _to_dict(getattr(obj, name))
+        return out
     if isinstance(obj, (list, tuple)):
         return [_to_dict(v) for v in obj]
     if isinstance(obj, dict):

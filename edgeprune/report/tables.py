@@ -1,0 +1,130 @@
+"""Tables shared by the Markdown and HTML reports: the side-by-side comparison (ratios against the first variant),
+per-run details, memory, op breakdown. Plain lists of strings, so each renderer only decides the markup."""
+
+from __future__ import annotations
+
+from edgeprune.profiling.results import Report, RunResult, VariantResult
+
+MiB = 2**20
+
+
+def fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or not base:
+        return ""
+    return f" ({value / base:.2f}×)"
+
+
+def _figures(variant: VariantResult, run: RunResult) -> dict[str, float | None]:
+    out: dict[str, float | None] = {"size_mb": variant.size_bytes / MiB, "peak_rss_mb": run.memory.peak_mb if run.memory else None}
+    if run.decoder:
+        d = run.decoder[0]
+        out |= {"ttft_p50_ms": d.prefill.p50, "prefill_tok_s": d.prefill_tokens_per_s, "decode_ms_tok": d.decode_ms_per_token,
+                "decode_tok_s": d.decode_tokens_per_s}
+    if run.encoder:
+        e = run.encoder[0]
+        out |= {"latency_p50_ms": e.latency.p50, "latency_p90_ms": e.latency.p90, "seq_s": e.sequences_per_s}
+    return out
+
+
+_COLUMNS = [
+    ("size_mb", "size MiB"), ("peak_rss_mb", "peak RSS MiB"), ("ttft_p50_ms", "TTFT p50 ms"), ("prefill_tok_s", "prefill tok/s"),
+    ("decode_ms_tok", "decode ms/tok"), ("decode_tok_s", "decode tok/s"), ("latency_p50_ms", "latency p50 ms"),
+    ("latency_p90_ms", "latency p90 ms"), ("seq_s", "seq/s"),
+]
+
+
+def comparison(report: Report) -> tuple[list[str], list[list[str]]]:
+    """One row per variant × threads; each figure with its ratio to the first variant at the same thread count."""
+    rows, figures = [], []
+    for v in report.variants:
+        for run in v.runs:
+            figures.append((v, run, _figures(v, run) if run.ok else {"size_mb": v.size_bytes / MiB}))
+    used = [(k, label) for k, label in _COLUMNS if any(f.get(k) is not None for _, _, f in figures)]
+    quality_keys = sorted({k for v in report.variants for k in v.quality})
+    headers = ["variant", "threads", "status"] + [label for _, label in used] + quality_keys + ["budgets"]
+    for v, run, f in figures:
+        base = next((bf for bv, br, bf in figures if br.threads == run.threads and br.ok), None) if run.ok else None
+        row = [v.name, str(run.threads), "ok" if run.ok else "FAILED"]
+        for key, _ in used:
+            value = f.get(key)
+            row.append(fmt(value) + (_ratio(value, base.get(key)) if base and base is not f and value is not None else ""))
+        row += [fmt(v.quality.get(k)) for k in quality_keys]
+        row.append(budget_summary(run))
+        rows.append(row)
+    return headers, rows
+
+
+def budget_summary(run: RunResult) -> str:
+    if not run.ok:
+        return "–"
+    if not run.budgets:
+        return "none set"
+    failed = [b for b in run.budgets if not b.passed]
+    return "pass" if not failed else "FAIL: " + ", ".join(b.name.replace("_budget", "") for b in failed)
+
+
+def run_details(variant: VariantResult, run: RunResult) -> tuple[list[str], list[list[str]]]:
+    """Latency statistics of one run: one row per prompt length (prefill and decode) or input shape."""
+    headers = ["measure", "n", "mean", "sd", "cv", "min", "p50", "p90", "p95", "p99", "throughput"]
+    rows = []
+    for d in run.decoder:
+        for what, lat, tput in (("prefill", d.prefill, f"{d.prefill_tokens_per_s:,.0f} tok/s"),
+                                ("decode", d.decode, f"{d.decode_tokens_per_s:.1f} tok/s")):
+            label = f"{what} @ {d.prompt_tokens} prompt tokens" + (" (ms/token)" if what == "decode" else " (TTFT ms)")
+            rows.append([label, str(lat.count)] + [fmt(x) for x in (lat.mean, lat.sd)] + [f"{lat.cv:.1%}"]
+                        + [fmt(x) for x in (lat.min, lat.p50, lat.p90, lat.p95, lat.p99)] + [tput])
+    for e in run.encoder:
+        lat = e.latency
+        rows.append([f"batch {e.batch_size} × {e.seq_len} tokens (ms)", str(lat.count)] + [fmt(x) for x in (lat.mean, lat.sd)]
+                    + [f"{lat.cv:.1%}"] + [fmt(x) for x in (lat.min, lat.p50, lat.p90, lat.p95, lat.p99)]
+                    + [f"{e.sequences_per_s:,.1f} seq/s"])
+    return headers, rows
+
+
+def memory_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    headers = ["variant", "threads", "baseline (ORT imported)", "peak load", "peak run", "child ru_maxrss", "sampled / ru_maxrss",
+               "samples", "budget"]
+    rows = []
+    budget = report.device.get("memory_budget_mb")
+    for v in report.variants:
+        for run in v.runs:
+            m = run.memory
+            if m is None:
+                continue
+            rows.append([v.name, str(run.threads), fmt(m.baseline_mb), fmt(m.peak_load_mb), fmt(m.peak_run_mb), fmt(m.ru_maxrss_run_mb),
+                         f"{m.agreement:.2f}" if m.agreement else "–", str(m.samples),
+                         "–" if budget is None else ("pass" if m.peak_mb <= budget else "FAIL") + f" ({fmt(budget)})"])
+    return headers, rows
+
+
+def op_rows(run: RunResult, top: int = 12) -> tuple[list[str], list[list[str]]]:
+    headers = ["op type", "nodes", "calls", "total ms", "% of run"]
+    p = run.op_profile
+    if p is None:
+        return headers, []
+    return headers, [[o.op_type, str(o.nodes), str(o.count), fmt(o.total_ms), f"{o.percent:.1f}"] for o in p.ops[:top]]
+
+
+def node_rows(run: RunResult, top: int = 8) -> tuple[list[str], list[list[str]]]:
+    headers = ["node", "op type", "calls", "total ms", "% of run"]
+    p = run.op_profile
+    if p is None:
+        return headers, []
+    return headers, [[n.name, n.op_type, str(n.count), fmt(n.total_ms), f"{n.percent:.1f}"] for n in p.top_nodes[:top]]
+
+
+def where_it_ran(report: Report) -> str:
+    h = report.host
+    return (f"Measured on this host: {h.get('cpu')} ({h.get('machine')}), {len(h.get('usable_cores', []))} usable of "
+            f"{h.get('logical_cores')} logical cores, {fmt(h.get('memory_mb'))} MiB RAM, onnxruntime {h.get('onnxruntime')}, "
+            f"load average {', '.join(f'{x:.2f}' for x in h.get('load_average_start', []))} at the start. "
+            f"The device profile '{report.device.get('name')}' is applied as constraints (threads, cores, memory limit) and "
+            "budgets; the numbers are this host's and are not scaled to the device.")
