@@ -270,6 +270,59 @@ def check(
         raise typer.Exit(1)
 
 
+def _int_list(value: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise EdgepruneError(f"--{what} '{value}' is not a comma-separated list of integers", f"write e.g. --{what} 1,2,4") from None
+
+
+@app.command("profile")
+@user_errors
+def profile_(
+    onnx_dirs: List[str] = typer.Argument(..., help="folders from `edgeprune export` (or .onnx files); the first is the baseline"),
+    device: Path = typer.Option(..., "--device", help="device profile, e.g. devices/laptop-x86-4t.toml"),
+    out: Path = typer.Option(..., "--out", help="report folder: report.json, report.md, report.html, traces/"),
+    threads: Optional[str] = typer.Option(None, help="thread counts to measure, e.g. 1,2,4 (default: the profile's)"),
+    strict: bool = typer.Option(False, help="measure everything 3 times in fresh processes; flag medians that differ > 5%"),
+    prompt_lengths: str = typer.Option("128,512", help="decoders: prompt lengths for prefill / time to first token"),
+    decode_tokens: int = typer.Option(32, help="decoders: tokens generated with the KV cache per sequence"),
+    batch_sizes: str = typer.Option("1", help="encoders: batch sizes"),
+    seq_lengths: str = typer.Option("128", help="encoders: sequence lengths"),
+    warmup: Optional[int] = typer.Option(None, help="override the profile's warm-up runs"),
+    runs: Optional[int] = typer.Option(None, help="override the profile's timed runs"),
+    op_profile: bool = typer.Option(True, help="also run ORT's profiler (separate session) for the op breakdown"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Profile ONNX graphs with ONNX Runtime under a device profile, each variant in a fresh process; compare side by side."""
+    import dataclasses
+
+    from edgeprune.profiling import Workload, load_device, profile as run_profile
+
+    profile_device = load_device(device)
+    if warmup is not None or runs is not None:
+        profile_device = dataclasses.replace(profile_device, **{k: v for k, v in (("warmup", warmup), ("runs", runs)) if v is not None})
+    workload = Workload(tuple(_int_list(prompt_lengths, "prompt-lengths")), decode_tokens, tuple(_int_list(batch_sizes, "batch-sizes")),
+                        tuple(_int_list(seq_lengths, "seq-lengths")), op_profile)
+    report = run_profile(onnx_dirs, profile_device, _int_list(threads, "threads") if threads is not None else None, out,
+                         strict=strict, workload=workload, overwrite=overwrite,
+                         progress=lambda line: typer.echo(line, err=True))
+    for note in report.notes:
+        typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
+    for v in report.variants:
+        for r in v.runs:
+            if not r.ok:
+                typer.echo(f"{v.name} @ {r.threads}t: FAILED: {r.reason}")
+                continue
+            figures = [f"{k} {val:.3g}" for k, val in r.headline.items()]
+            if r.memory:
+                figures.append(f"peak RSS {r.memory.peak_mb:.0f} MiB")
+            verdict = "" if not r.budgets else "; budgets " + ("pass" if all(b.passed for b in r.budgets) else
+                                                              "FAIL: " + ", ".join(b.name for b in r.budgets if not b.passed))
+            typer.echo(f"{v.name} @ {r.threads}t: " + ", ".join(figures) + verdict + ("; UNSTABLE" if r.unstable else ""))
+    typer.echo(f"report → {out}/report.html (measured on this host, not scaled to '{profile_device.name}')")
+
+
 @app.command("list")
 def list_():
     """Registered pruning methods, architectures, sparsity patterns and bundled models."""

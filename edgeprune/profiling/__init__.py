@@ -194,8 +194,9 @@ def _providers(device: DeviceProfile, notes: list[str]) -> list[str]:
                              "install an onnxruntime build with it, or set require_providers = false to fall back to CPU")
     chosen = [p for p in device.execution_providers if p in available]
     if missing:
-        notes.append(f"execution provider(s) {', '.join(missing)} are not installed here; used {', '.join(chosen) or 'none'} "
-                     "with CPUExecutionProvider as the fallback")
+        fallback = chosen if "CPUExecutionProvider" in chosen else chosen + ["CPUExecutionProvider"]
+        notes.append(f"execution provider(s) {', '.join(missing)} not installed in this onnxruntime; "
+                     f"fell back to {' → '.join(fallback)}")
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
