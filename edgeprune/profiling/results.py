@@ -91,14 +91,17 @@ class EncoderResult:
 
 @dataclass
 class Memory:
-    """Resident memory in MiB. Peaks are sampled from outside the measured process (psutil, the parent);
-    ru_maxrss is the child's own high-water mark, as a cross-check."""
+    """Resident memory in MiB. Peaks are sampled from outside the measured process (psutil, the parent); the child's own
+    high-water mark (VmHWM, which is ru_maxrss of the exec'd image) is the cross-check. ru_maxrss itself is kept too, but it
+    survives fork + exec, so it shows the parent's size when the parent is larger (e.g. under pytest with torch loaded)."""
 
     peak_load_mb: float  # process start → session created (includes Python and ORT imports)
     peak_run_mb: float  # first inference → last timed run
     baseline_mb: float = 0.0  # the child's RSS after importing ORT, before the session (the interpreter's share)
-    ru_maxrss_load_mb: float = 0.0  # child's ru_maxrss right after the session was created
-    ru_maxrss_run_mb: float = 0.0  # child's ru_maxrss after the timed runs
+    hwm_load_mb: float = 0.0  # child's VmHWM right after the session was created
+    hwm_run_mb: float = 0.0  # child's VmHWM after the timed runs
+    ru_maxrss_load_mb: float = 0.0  # child's getrusage ru_maxrss at the same two points
+    ru_maxrss_run_mb: float = 0.0
     samples: int = 0
     interval_ms: float = 0.0
 
@@ -110,8 +113,8 @@ class Memory:
 
     @property
     def agreement(self) -> float | None:
-        """Sampled peak / ru_maxrss (1.0 = the sampler saw the true peak; below 1 it missed a short spike)."""
-        return self.peak_mb / self.ru_maxrss_run_mb if self.ru_maxrss_run_mb else None
+        """Sampled peak / the child's VmHWM (1.0 = the sampler saw the true peak; below 1 it missed a short spike)."""
+        return self.peak_mb / self.hwm_run_mb if self.hwm_run_mb else None
 
 
 @dataclass

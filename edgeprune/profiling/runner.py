@@ -101,10 +101,10 @@ def measure(spec: dict, limit_mb: float | None, timeout_s: float, trace_dir: Pat
             return base, None
         raw = json.loads((tmp / "result.json").read_text())
         result = _from_worker(raw, spec, watcher)
-        if limit_mb is not None and result.memory.ru_maxrss_run_mb > limit_mb:
+        if limit_mb is not None and result.memory.hwm_run_mb > limit_mb:
             # A spike between two samples: the child's own high-water mark still shows it.
             result.status = "failed"
-            result.reason = (f"peak RSS {result.memory.ru_maxrss_run_mb:.0f} MiB (the child's ru_maxrss) is over the memory "
+            result.reason = (f"peak RSS {result.memory.hwm_run_mb:.0f} MiB (the child's VmHWM) is over the memory "
                              f"limit of {limit_mb:.0f} MiB")
         trace = None
         if trace_dir is not None and raw.get("trace"):
@@ -118,6 +118,7 @@ def _from_worker(raw: dict, spec: dict, watcher: MemoryWatcher) -> RunResult:
     memory = Memory(
         peak_load_mb=max(watcher.peaks.get("start", 0.0), watcher.peaks.get("load", 0.0)),
         peak_run_mb=watcher.peaks.get("run", 0.0), baseline_mb=raw["baseline_mb"],
+        hwm_load_mb=raw["hwm_load_mb"], hwm_run_mb=raw["hwm_run_mb"],
         ru_maxrss_load_mb=raw["ru_maxrss_load_mb"], ru_maxrss_run_mb=raw["ru_maxrss_run_mb"],
         samples=watcher.samples, interval_ms=watcher.interval_s * 1000,
     )

@@ -29,6 +29,19 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def _hwm_mb() -> float:
+    """Peak RSS of this address space (VmHWM). Unlike ru_maxrss it starts afresh at exec: ru_maxrss survives fork + exec,
+    so a child of a big parent (pytest with torch loaded) would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _maxrss_mb()
+
+
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
            "tensor(bool)": "bool", "tensor(double)": "float64", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
@@ -152,7 +165,7 @@ def run(spec: dict) -> dict:
     t = time.perf_counter()
     sess = ort.InferenceSession(spec["graph"], _options(ort, spec), providers=spec["providers"])
     result["session_ms"] = (time.perf_counter() - t) * 1000
-    result["ru_maxrss_load_mb"] = _maxrss_mb()
+    result["ru_maxrss_load_mb"], result["hwm_load_mb"] = _maxrss_mb(), _hwm_mb()
     result["ort"] = {
         "version": ort.__version__, "providers": sess.get_providers(), "graph_optimization": spec["graph_optimization"],
         "intra_op_threads": spec["threads"], "inter_op_threads": 1, "execution_mode": "sequential",
@@ -185,7 +198,7 @@ def run(spec: dict) -> dict:
                 samples = _timed(lambda: sess.run(None, f), warmup, runs, min_s)
                 result["encoder"].append({"batch_size": batch, "seq_len": seq, "latency": samples})
     result["warmup"] = warmup
-    result["ru_maxrss_run_mb"] = _maxrss_mb()
+    result["ru_maxrss_run_mb"], result["hwm_run_mb"] = _maxrss_mb(), _hwm_mb()
     del sess
 
     if spec.get("trace_prefix"):

@@ -90,7 +90,7 @@ def run_details(variant: VariantResult, run: RunResult) -> tuple[list[str], list
 
 
 def memory_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    headers = ["variant", "threads", "baseline (ORT imported)", "peak load", "peak run", "child ru_maxrss", "sampled / ru_maxrss",
+    headers = ["variant", "threads", "baseline (ORT imported)", "peak load", "peak run", "child VmHWM", "sampled / VmHWM", "child ru_maxrss",
                "samples", "budget"]
     rows = []
     budget = report.device.get("memory_budget_mb")
@@ -99,8 +99,8 @@ def memory_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             m = run.memory
             if m is None:
                 continue
-            rows.append([v.name, str(run.threads), fmt(m.baseline_mb), fmt(m.peak_load_mb), fmt(m.peak_run_mb), fmt(m.ru_maxrss_run_mb),
-                         f"{m.agreement:.2f}" if m.agreement else "–", str(m.samples),
+            rows.append([v.name, str(run.threads), fmt(m.baseline_mb), fmt(m.peak_load_mb), fmt(m.peak_run_mb), fmt(m.hwm_run_mb),
+                         f"{m.agreement:.2f}" if m.agreement else "–", fmt(m.ru_maxrss_run_mb), str(m.samples),
                          "–" if budget is None else ("pass" if m.peak_mb <= budget else "FAIL") + f" ({fmt(budget)})"])
     return headers, rows
 
