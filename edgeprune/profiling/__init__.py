@@ -153,7 +153,9 @@ def _quality(graph: Path, quant: str) -> dict:
     export = meta.get("export") or {}
     verify = export.get("verify") or {}
     quantized = export.get("quantized") or {}
-    if quant != "none" and quantized.get("file") == graph.name:
+    if quant != "none" and quantized.get("file") == graph.name and quantized.get("bytes") not in (None, graph.stat().st_size):
+        out["quality_note"] = f"edgeprune.json describes a different {graph.name} (size differs); its quality figures are not used"
+    elif quant != "none" and quantized.get("file") == graph.name:
         quality = quantized.get("quality") or {}
         if "max_abs_diff" in quality:
             out["max_abs_diff_vs_torch"] = quality["max_abs_diff"] if not isinstance(quality["max_abs_diff"], dict) \

@@ -27,10 +27,11 @@ def _device_line(report: Report) -> str:
     d = report.device
     parts = [f"threads {d.get('intra_op_threads') or 'all cores'}", f"cores {d.get('cores') or 'any'}",
              f"providers {' → '.join(d.get('execution_providers', []))}", f"graph optimisation {d.get('graph_optimization')}",
-             f"quantisation preset {d.get('quantization')}", f"memory budget {tables.fmt(d.get('memory_budget_mb'))} MiB",
-             f"memory limit {tables.fmt(d.get('memory_limit_mb'))} MiB", f"p90 budget {tables.fmt(d.get('latency_p90_ms_budget'))} ms",
-             f"decode budget {tables.fmt(d.get('decode_ms_per_token_budget'))} ms/token", f"warm-up {d.get('warmup')}",
-             f"runs {d.get('runs')}", f"min seconds {d.get('min_seconds')}"]
+             f"quantisation preset {d.get('quantization')}"]
+    for key, label, unit in (("memory_budget_mb", "memory budget", "MiB"), ("memory_limit_mb", "memory limit", "MiB"),
+                             ("latency_p90_ms_budget", "p90 budget", "ms"), ("decode_ms_per_token_budget", "decode budget", "ms/token")):
+        parts.append(f"{label} {tables.fmt(d[key])} {unit}" if d.get(key) is not None else f"no {label}")
+    parts += [f"warm-up {d.get('warmup')}", f"runs {d.get('runs')}", f"min seconds {d.get('min_seconds')}"]
     return ", ".join(parts)
 
 
@@ -53,7 +54,7 @@ def to_markdown(report: Report) -> str:
     for v in report.variants:
         out.append(f"## {v.name}\n")
         out.append(f"`{v.graph}` — {v.kind}, {v.size_bytes / 2**20:.1f} MiB on disk ({', '.join(v.files)}), "
-                   f"quantisation {v.quantization}.\n")
+                   f"quantisation {v.quantization}." + (f" Note: {v.quality['quality_note']}." if "quality_note" in v.quality else "") + "\n")
         for run in v.runs:
             out.append(f"### {_run_header(v, run)}\n")
             if not run.ok:
@@ -113,7 +114,8 @@ def to_html(report: Report) -> str:
             parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
     for v in report.variants:
         parts.append(f"<h2>{e(v.name)}</h2><p><code>{e(v.graph)}</code> — {e(v.kind)}, {v.size_bytes / 2**20:.1f} MiB on disk "
-                     f"({e(', '.join(v.files))}), quantisation {e(v.quantization)}.</p>")
+                     f"({e(', '.join(v.files))}), quantisation {e(v.quantization)}."
+                     + (f" Note: {e(v.quality['quality_note'])}." if "quality_note" in v.quality else "") + "</p>")
         for run in v.runs:
             parts.append(f"<h3{_fail_class(not run.ok)}>{e(_run_header(v, run))}</h3>")
             if not run.ok:

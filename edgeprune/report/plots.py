@@ -47,7 +47,7 @@ def latency_distribution(report: Report) -> bytes | None:
     fig, axes = _figure(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
     for ax, (title, data) in zip(axes[0], panels):
         ax.boxplot([s for _, s in data], showfliers=True)
-        ax.set_xticks(range(1, len(data) + 1), [n for n, _ in data], fontsize=8)
+        ax.set_xticks(range(1, len(data) + 1), [n for n, _ in data], fontsize=7, rotation=25, ha="right")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     return _png(fig)
@@ -64,7 +64,7 @@ def memory(report: Report) -> bytes | None:
     budget = report.device.get("memory_budget_mb")
     if budget:
         ax.axhline(budget, color="red", linestyle="--", label=f"budget {budget:g} MiB")
-    ax.set_xticks(list(xs), [f"{v.name}\n{r.threads}t" for v, r in runs], fontsize=8)
+    ax.set_xticks(list(xs), [f"{v.name}\n{r.threads}t" for v, r in runs], fontsize=7, rotation=25, ha="right")
     ax.set_ylabel("MiB")
     ax.set_title("memory per variant (sampled from outside the process)", fontsize=10)
     ax.legend(fontsize=8)

@@ -48,7 +48,7 @@ def comparison(report: Report) -> tuple[list[str], list[list[str]]]:
         for run in v.runs:
             figures.append((v, run, _figures(v, run) if run.ok else {"size_mb": v.size_bytes / MiB}))
     used = [(k, label) for k, label in _COLUMNS if any(f.get(k) is not None for _, _, f in figures)]
-    quality_keys = sorted({k for v in report.variants for k in v.quality})
+    quality_keys = sorted({k for v in report.variants for k in v.quality if k != "quality_note"})  # the note goes in the text
     headers = ["variant", "threads", "status"] + [label for _, label in used] + quality_keys + ["budgets"]
     for v, run, f in figures:
         base = next((bf for bv, br, bf in figures if br.threads == run.threads and br.ok), None) if run.ok else None
