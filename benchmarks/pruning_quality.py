@@ -4,8 +4,9 @@
         --methods magnitude,wanda,sparsegpt,attention --sparsities 0.5,2:4 \
         --eval-text pydoc --eval-text /usr/share/common-licenses/GPL-3 --out bench-out/pruning_quality
 
-A method may carry options for ablations: ``attention[steps=0]`` or
-``attention[others=sequential;refit_qk=false]``. Writes ``OUT.json`` and ``OUT.md``.
+A method may carry options for ablations: ``attention[steps=0]``,
+``attention[others=sequential;refit_qk=false]``, or ``wanda[permute=true]`` (N:M
+channel permutation before pruning). Writes ``OUT.json`` and ``OUT.md``.
 Perplexity uses non-overlapping 512-token windows of each text; the per-layer
 attention error applies every model's W_Q/W_K to the *dense* model's hidden
 states on held-out pydoc text, so layers are compared on identical inputs.
@@ -85,10 +86,11 @@ def main() -> None:
     for sparsity in args.sparsities.split(","):
         for run in args.methods.split(","):
             method, options = parse_run(run)
+            permute = bool(options.pop("permute", False))
             model = copy.deepcopy(base.model)
             pruner = make_pruner(method, options)
             start = time.perf_counter()
-            report = prune_model(model, base.adapter, pruner, parse_sparsity(sparsity), calib)
+            report = prune_model(model, base.adapter, pruner, parse_sparsity(sparsity), calib, permute=permute)
             seconds = time.perf_counter() - start
             layer_errors = attention_errors(model, base.model, base.adapter, probe)
             row = {
