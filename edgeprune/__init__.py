@@ -29,6 +29,13 @@ _LAZY = {
     "pack": "edgeprune.sparsity.packed",
     "unpack": "edgeprune.sparsity.packed",
     "PackReport": "edgeprune.sparsity.packed",
+    "convert_nm": "edgeprune.pruning.convert",
+    "export": "edgeprune.onnx",
+    "ExportConfig": "edgeprune.onnx",
+    "QuantizeConfig": "edgeprune.onnx",
+    "profile": "edgeprune.profiling",
+    "Workload": "edgeprune.profiling",
+    "load_device": "edgeprune.profiling.devices",
     "EdgepruneError": "edgeprune.errors",
 }
 
