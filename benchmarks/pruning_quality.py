@@ -106,12 +106,16 @@ def main() -> None:
             results["runs"].append(row)
             print(run, sparsity, row["seconds"], "s", row["perplexity"], "attn", row["attention_error_heldout_mean"], flush=True)
             del model
+            write(results, Path(args.out))  # after every run, so a long sweep keeps what it measured
+    print(f"wrote {Path(args.out).with_suffix('.json')} and {Path(args.out).with_suffix('.md')}")
 
-    out = Path(args.out)
+
+def write(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render_markdown(results))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", render_markdown(results))):
+        tmp = out.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(out.with_suffix(suffix))
 
 
 def render_markdown(results: dict) -> str:
