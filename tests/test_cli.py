@@ -168,3 +168,43 @@ def test_model_without_prunable_layers(tiny_tokenizer, tmp_path):
     tiny_tokenizer.save_pretrained(src)
     result = runner.invoke(app, ["prune", str(src), "--method", "magnitude", "--out", str(tmp_path / "out"), *SMALL])
     assert result.exit_code == 2 and "no prunable linear layers" in _error_line(result)
+
+
+def test_hf_dataset_unavailable_says_to_pass_calib(tiny_llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--calib", "wikitext2", "--out", str(tmp_path / "out"), *SMALL])
+    assert result.exit_code == 2
+    assert "--calib FILE" in _error_line(result)
+    _no_leftovers(tmp_path)
+
+
+def test_calibration_from_txt_and_jsonl_files(tiny_llama_dir, tmp_path):
+    from edgeprune.data import pydoc_text
+
+    body = pydoc_text("calib")[:60_000]
+    (tmp_path / "c.txt").write_text(body)
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps({"text": p}) for p in body.split("\n\n") if p.strip()))
+    for name in ("c.txt", "c.jsonl"):
+        out = tmp_path / f"out-{name}"
+        result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "wanda", "--calib", str(tmp_path / name), "--out", str(out), *SMALL])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "edgeprune.json").read_text())["calibration"]["source"] == str(tmp_path / name)
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
+    result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--calib", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o"), *SMALL])
+    assert result.exit_code == 2 and "bad.jsonl:2" in _error_line(result)
+
+
+def test_calibration_is_seeded_and_eval_split_is_disjoint(tiny_tokenizer):
+    import torch
+
+    from edgeprune.data import CalibConfig, calibration_batch, pydoc_text
+
+    a = calibration_batch(tiny_tokenizer, CalibConfig(samples=4, seqlen=32, seed=1))
+    b = calibration_batch(tiny_tokenizer, CalibConfig(samples=4, seqlen=32, seed=1))
+    c = calibration_batch(tiny_tokenizer, CalibConfig(samples=4, seqlen=32, seed=2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    calib, held = pydoc_text("calib"), pydoc_text("eval")
+    assert len(held) > 20_000 and len(calib) > 10 * len(held)
+    held_paragraphs = {p for p in held.split("\n\n") if len(p) > 200}
+    assert held_paragraphs and not any(p in calib for p in held_paragraphs)
