@@ -33,11 +33,29 @@ class CalibConfig:
 
 
 def pydoc_text(split: Split) -> str:
+    """The calibration or held-out part of the pydoc corpus.
+
+    Topics are split by name (every 5th held out); topics repeat whole paragraphs of
+    each other, so a held-out paragraph that also occurs in a calibration topic is
+    dropped from the held-out part: the two never share a paragraph.
+    """
     from pydoc_data.topics import topics
 
     keys = sorted(topics)
-    held_out = split == "eval"
-    return "\n\n".join(topics[k].strip() for i, k in enumerate(keys) if (i % _EVAL_EVERY == _EVAL_EVERY - 1) == held_out)
+    parts: dict[bool, list[list[str]]] = {False: [], True: []}
+    for i, key in enumerate(keys):
+        paragraphs = [p.strip() for p in topics[key].strip().split("\n\n") if p.strip()]
+        parts[i % _EVAL_EVERY == _EVAL_EVERY - 1].append(paragraphs)
+    if split == "calib":
+        return "\n\n".join("\n\n".join(t) for t in parts[False])
+    seen = {p for topic in parts[False] for p in topic}
+    held = []
+    for topic in parts[True]:
+        fresh = [p for p in topic if p not in seen]
+        seen.update(fresh)
+        if fresh:
+            held.append("\n\n".join(fresh))
+    return "\n\n".join(held)
 
 
 def _file_text(path: Path) -> str:
