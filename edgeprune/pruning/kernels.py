@@ -163,12 +163,16 @@ def obs_prune(
 
 
 def dense_target_weight(weight: torch.Tensor, hessian: torch.Tensor, cross: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
-    """The dense W* minimising ‖W* Xₚ − W X_d‖²: W* = W C H⁻¹ with C = X_dᵀXₚ/n, H = XₚᵀXₚ/n.
+    """The dense W* minimising ‖W* Xₚ − W X_d‖² + λ‖W* − W‖²: W* = (W C + λW)(H + λI)⁻¹.
 
-    Feeding W* to :func:`obs_prune` with H makes the pruned linear reproduce the
-    *dense* block's signal even though its inputs already carry upstream pruning error.
+    C = X_dᵀXₚ/n, H = XₚᵀXₚ/n, λ = percdamp·mean(diag H). Feeding W* to :func:`obs_prune`
+    makes the pruned linear reproduce the *dense* block's signal although its inputs
+    already carry upstream pruning error. The ridge pulls W* towards W (not towards 0)
+    in directions the calibration data barely excites, so text unlike the calibration
+    set still sees the original weights there.
     """
     H = hessian.double().clone()
-    H += torch.eye(H.shape[0], dtype=H.dtype, device=H.device) * (percdamp * torch.diag(H).mean().clamp_min(1e-12))
-    rhs = (weight.double() @ cross.double()).T  # (in, out)
+    lam = percdamp * torch.diag(H).mean().clamp_min(1e-12)
+    H += torch.eye(H.shape[0], dtype=H.dtype, device=H.device) * lam
+    rhs = (weight.double() @ cross.double() + lam * weight.double()).T  # (in, out)
     return torch.linalg.solve(H, rhs).T.to(weight.dtype)
