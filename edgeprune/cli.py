@@ -68,14 +68,16 @@ class _LayerProgress:
         self.task = None
 
     def __enter__(self):
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
+        if self.task is not None:  # started lazily: a run that fails before the first layer prints nothing
+            return self.progress.__exit__(*exc)
+        return None
 
     def __call__(self, done: int, total: int) -> None:
         if self.task is None:
+            self.progress.__enter__()
             self.task = self.progress.add_task(self.description, total=total)
         self.progress.update(self.task, completed=done)
 
