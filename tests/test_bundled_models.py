@@ -35,7 +35,8 @@ def test_smollm2_prune_2of4_saves_loadable_nm_model(tmp_path):
     reports = edgeprune.check_nm(model, 2, 4)
     assert len(reports) == 30 * 7 and all(r.ok for r in reports)
     meta = json.loads((out / "edgeprune.json").read_text())
-    assert meta["overall_sparsity"] == pytest.approx(0.5) and len(meta["attention_error"]) == 30
+    # the dequantised Q4_1 weights already hold a few exact zeros, so slightly over 50%
+    assert 0.5 <= meta["overall_sparsity"] < 0.5001 and len(meta["attention_error"]) == 30
 
 
 def test_minilm_prune_keeps_embeddings_close(tmp_path):
