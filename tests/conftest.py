@@ -76,3 +76,28 @@ def tiny_llama_lively_dir(tmp_path_factory, tiny_tokenizer):
     make_tiny_llama(len(tiny_tokenizer), initializer_range=0.2).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+def error_line(result) -> str:
+    """The single ``error: ...`` line a failed CLI call must print on stderr."""
+    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def no_leftovers(parent, name="out"):
+    """Neither the output nor a temporary sibling of it was left behind."""
+    assert not (parent / name).exists()
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+@pytest.fixture(scope="session")
+def gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    """An architecture edgeprune does not support."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("gpt2")
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path

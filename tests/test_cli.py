@@ -6,32 +6,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import error_line, no_leftovers
 from edgeprune.cli import app
 
 runner = CliRunner()
 SMALL = ["--samples", "4", "--seqlen", "32"]
 
 
-def _error_line(result) -> str:
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
-def _no_leftovers(parent, name="out"):
-    assert not (parent / name).exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory, tiny_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    path = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
 
 
 def test_prune_then_eval(tiny_llama_dir, tmp_path):
@@ -83,29 +68,29 @@ def test_prune_bad_input(tiny_llama_dir, tmp_path, args, needle):
         pytest.skip("this machine has CUDA")
     result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--out", str(tmp_path / "out"), *SMALL, *args])
     assert result.exit_code == 2, result.output
-    assert needle in _error_line(result)
-    _no_leftovers(tmp_path)
+    assert needle in error_line(result)
+    no_leftovers(tmp_path)
 
 
 def test_missing_model(tmp_path):
     result = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "not found" in _error_line(result)
-    _no_leftovers(tmp_path)
+    assert "not found" in error_line(result)
+    no_leftovers(tmp_path)
 
 
 def test_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["eval", str(tmp_path / "empty")])
-    assert result.exit_code == 2 and "not a model" in _error_line(result)
+    assert result.exit_code == 2 and "not a model" in error_line(result)
 
 
 def test_unsupported_architecture_lists_supported(gpt2_dir, tmp_path):
     result = runner.invoke(app, ["prune", str(gpt2_dir), "--out", str(tmp_path / "out"), *SMALL])
     assert result.exit_code == 2
-    line = _error_line(result)
+    line = error_line(result)
     assert "unsupported architecture 'gpt2'" in line and "llama" in line and "bert" in line
-    _no_leftovers(tmp_path)
+    no_leftovers(tmp_path)
 
 
 def test_existing_out_needs_overwrite(tiny_llama_dir, tmp_path):
@@ -113,7 +98,7 @@ def test_existing_out_needs_overwrite(tiny_llama_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "magnitude", "--out", str(out), *SMALL])
-    assert result.exit_code == 2 and "--overwrite" in _error_line(result)
+    assert result.exit_code == 2 and "--overwrite" in error_line(result)
     assert (out / "keep.txt").read_text() == "mine"
     result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "magnitude", "--out", str(out), "--overwrite", *SMALL])
     assert result.exit_code == 0 and (out / "edgeprune.json").exists() and not (out / "keep.txt").exists()
@@ -127,15 +112,15 @@ def test_failure_midway_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pruning, "_copy_extra_files", boom)
     result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--method", "magnitude", "--out", str(tmp_path / "out"), *SMALL])
-    assert result.exit_code == 2 and "No space left" in _error_line(result)
-    _no_leftovers(tmp_path)
+    assert result.exit_code == 2 and "No space left" in error_line(result)
+    no_leftovers(tmp_path)
 
 
 def test_hub_id_offline_gives_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = runner.invoke(app, ["eval", "someorg/some-model-that-is-not-cached"])
     assert result.exit_code == 2
-    assert "Hugging Face Hub" in _error_line(result)
+    assert "Hugging Face Hub" in error_line(result)
 
 
 def test_nm_conversion_refits_and_reports_gain_over_projection(tiny_llama_dir, tmp_path):
@@ -156,8 +141,8 @@ def test_nm_conversion_refits_and_reports_gain_over_projection(tiny_llama_dir, t
 def test_nm_bad_patterns(tiny_llama_dir, tmp_path, pattern, needle):
     result = runner.invoke(app, ["nm", str(tiny_llama_dir), "--pattern", pattern, "--out", str(tmp_path / "out"), *SMALL])
     assert result.exit_code == 2, result.output
-    assert needle in _error_line(result)
-    _no_leftovers(tmp_path)
+    assert needle in error_line(result)
+    no_leftovers(tmp_path)
 
 
 def test_model_without_prunable_layers(tiny_tokenizer, tmp_path):
@@ -167,7 +152,7 @@ def test_model_without_prunable_layers(tiny_tokenizer, tmp_path):
     make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=0).save_pretrained(src)
     tiny_tokenizer.save_pretrained(src)
     result = runner.invoke(app, ["prune", str(src), "--method", "magnitude", "--out", str(tmp_path / "out"), *SMALL])
-    assert result.exit_code == 2 and "no prunable linear layers" in _error_line(result)
+    assert result.exit_code == 2 and "no prunable linear layers" in error_line(result)
 
 
 def test_hf_dataset_unavailable_says_to_pass_calib(tiny_llama_dir, tmp_path, monkeypatch):
@@ -175,8 +160,8 @@ def test_hf_dataset_unavailable_says_to_pass_calib(tiny_llama_dir, tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--calib", "wikitext2", "--out", str(tmp_path / "out"), *SMALL])
     assert result.exit_code == 2
-    assert "--calib FILE" in _error_line(result)
-    _no_leftovers(tmp_path)
+    assert "--calib FILE" in error_line(result)
+    no_leftovers(tmp_path)
 
 
 def test_calibration_from_txt_and_jsonl_files(tiny_llama_dir, tmp_path):
@@ -192,7 +177,7 @@ def test_calibration_from_txt_and_jsonl_files(tiny_llama_dir, tmp_path):
         assert json.loads((out / "edgeprune.json").read_text())["calibration"]["source"] == str(tmp_path / name)
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"txt": "no"}\n')
     result = runner.invoke(app, ["prune", str(tiny_llama_dir), "--calib", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o"), *SMALL])
-    assert result.exit_code == 2 and "bad.jsonl:2" in _error_line(result)
+    assert result.exit_code == 2 and "bad.jsonl:2" in error_line(result)
 
 
 def test_calibration_is_seeded_and_eval_split_is_disjoint(tiny_tokenizer):

@@ -14,6 +14,7 @@ pytest.importorskip("optimum.exporters.onnx")
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
+from conftest import error_line, no_leftovers  # noqa: E402
 from edgeprune.cli import app  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.onnx import ExportConfig, export  # noqa: E402
@@ -48,16 +49,8 @@ def pruned_llama_onnx(tmp_path_factory, pruned_llama_dir):
     return out, report
 
 
-def _error_line(result) -> str:
-    lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
-def _no_leftovers(parent, name="out"):
-    assert not (parent / name).exists()
-    assert not [p for p in parent.iterdir() if p.name.startswith(f".{name}.")]
 
 
 def _matmul_weights(path):
@@ -179,7 +172,7 @@ def test_failed_verification_writes_nothing(tiny_llama_dir, tmp_path, monkeypatc
     monkeypatch.setattr(verify, "verify_decoder", off_by_a_lot)
     with pytest.raises(EdgepruneError, match="'decode.logits' differs from PyTorch by 0.5"):
         export(str(tiny_llama_dir), tmp_path / "out")
-    _no_leftovers(tmp_path)
+    no_leftovers(tmp_path)
 
 
 # --- encoders ---------------------------------------------------------------------------------
@@ -280,8 +273,8 @@ def test_quantized_zero_check_catches_a_moved_zero(pruned_llama_dir, pruned_llam
 
 def test_bad_quantize_option_is_one_line(tiny_bert_dir, tmp_path):
     result = runner.invoke(app, ["export", str(tiny_bert_dir), "--out", str(tmp_path / "out"), "--quantize", "int3"])
-    assert result.exit_code == 2 and "unknown quantisation 'int3'" in _error_line(result)
-    _no_leftovers(tmp_path)
+    assert result.exit_code == 2 and "unknown quantisation 'int3'" in error_line(result)
+    no_leftovers(tmp_path)
 
 
 # --- CLI and bad input ------------------------------------------------------------------------
@@ -293,14 +286,6 @@ def test_cli_export_encoder(tiny_bert_dir, tmp_path):
     assert "verified: max |diff|" in result.stdout and (tmp_path / "out" / "model.onnx").is_file()
 
 
-@pytest.fixture(scope="module")
-def gpt2_dir(tmp_path_factory, tiny_tokenizer):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    path = tmp_path_factory.mktemp("gpt2")
-    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -323,8 +308,8 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(case, expected, tmp_path, 
     }[case]
     result = runner.invoke(app, ["export", model, "--out", str(tmp_path / "out"), *extra])
     assert result.exit_code == 2
-    assert expected in _error_line(result)
-    _no_leftovers(tmp_path)
+    assert expected in error_line(result)
+    no_leftovers(tmp_path)
 
 
 def test_cli_existing_out_needs_overwrite(tiny_bert_dir, tmp_path):
@@ -332,7 +317,7 @@ def test_cli_existing_out_needs_overwrite(tiny_bert_dir, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     result = runner.invoke(app, ["export", str(tiny_bert_dir), "--out", str(out), "--no-verify"])
-    assert result.exit_code == 2 and "already exists" in _error_line(result)
+    assert result.exit_code == 2 and "already exists" in error_line(result)
     assert (out / "keep.txt").read_text() == "mine"
     result = runner.invoke(app, ["export", str(tiny_bert_dir), "--out", str(out), "--no-verify", "--overwrite"])
     assert result.exit_code == 0, result.output
@@ -391,11 +376,11 @@ def test_ort_eval_of_a_truncated_graph_is_one_line(tiny_llama_dir, tmp_path):
     (out / "model.onnx").write_bytes(data[: len(data) // 3])
     result = runner.invoke(app, ["eval", str(out)])
     assert result.exit_code == 2
-    line = _error_line(result)
+    line = error_line(result)
     assert "cannot load ONNX model" in line and "model.onnx" in line and "truncated or corrupt" in line
 
     result = runner.invoke(app, ["eval", str(out), "--onnx-file", "model_int4.onnx"])
-    assert result.exit_code == 2 and "not found" in _error_line(result)
+    assert result.exit_code == 2 and "not found" in error_line(result)
 
 
 # --- int4 token embedding and tied LM head --------------------------------------------------------
