@@ -114,8 +114,7 @@ def prune(
     )
     with _LayerProgress(f"{method} {sparsity}") as bar:
         report = run_prune(model, out, config, overwrite=overwrite, progress=bar)
-    overall = sum(l.sparsity * l.shape[0] * l.shape[1] for l in report.layers) / sum(l.shape[0] * l.shape[1] for l in report.layers)
-    typer.echo(f"pruned {len(report.layers)} linear layers to {overall:.1%} sparsity in {report.seconds:.0f}s → {out}")
+    typer.echo(f"pruned {len(report.layers)} linear layers to {report.overall_sparsity:.1%} sparsity in {report.seconds:.0f}s → {out}")
 
 
 @app.command()

@@ -112,19 +112,13 @@ def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: s
             "device": device,
             "calibration": dataclasses.asdict(config.calib) | {"tokens": calib_tokens},
             "seconds": round(report.seconds, 2),
-            "overall_sparsity": _overall(report),
+            "overall_sparsity": round(report.overall_sparsity, 6),
             "layers": [dataclasses.asdict(layer) for layer in report.layers],
             "attention_error": report.attention_error,
             "diagnostics": report.diagnostics,
             "permutations": report.permutations,
         } | (extra or {})
         write_json(tmp / METADATA_FILE, meta)
-
-
-def _overall(report: PruneReport) -> float:
-    total = sum(l.shape[0] * l.shape[1] for l in report.layers)
-    zeros = sum(l.sparsity * l.shape[0] * l.shape[1] for l in report.layers)
-    return round(zeros / max(total, 1), 6)
 
 
 __all__ = ["PRUNERS", "PruneConfig", "PruneReport", "Pruner", "make_pruner", "prune", "prune_model", "save_pruned"]

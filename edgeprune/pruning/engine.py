@@ -170,6 +170,13 @@ class PruneReport:
     diagnostics: list = field(default_factory=list)
     permutations: list = field(default_factory=list)
 
+    @property
+    def overall_sparsity(self) -> float:
+        """Fraction of zeros over all prunable linear weights."""
+        total = sum(l.shape[0] * l.shape[1] for l in self.layers)
+        zeros = sum(l.sparsity * l.shape[0] * l.shape[1] for l in self.layers)
+        return zeros / max(total, 1)
+
 
 def resolve_specs(adapter: Adapter, model: nn.Module, default: SparsitySpec, overrides: dict[str, str]) -> dict[str, dict[str, SparsitySpec]]:
     """Per block, per linear: the spec to prune with. Overrides map glob patterns on full names to a spec or 'dense'."""
