@@ -78,7 +78,7 @@ def run(model: str, out: Path, threads: int, prompt_tokens: int, decode_tokens: 
     from edgeprune.models.loading import load_model
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export
     from edgeprune.onnx.evaluate import load_session, onnx_perplexity
-    from edgeprune.onnx.quantize import quantize_graph
+    from edgeprune.onnx.quantization import quantize_graph
 
     torch.set_num_threads(threads)  # the ORT sessions take their thread count from torch's
     folder = out / f"onnx_int4-{Path(model).name}"  # reused when it exists: delete it to export again

@@ -133,12 +133,11 @@ def nm(
 ):
     """Convert MODEL_DIR to N:M by re-fitting masks and weights (not just projecting); reports the gain."""
     from edgeprune.data import CalibConfig
-    from edgeprune.pruning import PruneConfig
-    from edgeprune.pruning.convert import convert_nm
+    from edgeprune.pruning.convert import NMConfig, convert_nm
 
-    config = PruneConfig(method=method, sparsity=pattern, calib=CalibConfig(calib, samples, seqlen), permute=permute)
+    config = NMConfig(pattern=pattern, method=method, calib=CalibConfig(calib, samples, seqlen), permute=permute, compare=compare)
     with _LayerProgress(f"{method} → {pattern}") as bar:
-        result = convert_nm(model_dir, out, config, compare_projection=compare, overwrite=overwrite, progress=bar)
+        result = convert_nm(model_dir, out, config, overwrite=overwrite, progress=bar)
     if "gain_over_projection" in result:
         typer.echo(
             f"held-out perplexity: input {result['input_perplexity']:.2f}, projection {result['projection_perplexity']:.2f}, "
@@ -296,18 +295,15 @@ def profile_(
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Profile ONNX graphs with ONNX Runtime under a device profile, each variant in a fresh process; compare side by side."""
-    import dataclasses
 
-    from edgeprune.profiling import Workload, load_device, profile as run_profile
+    from edgeprune.profiling import ProfileConfig, Workload, load_device, profile as run_profile
 
-    profile_device = load_device(device)
-    if warmup is not None or runs is not None:
-        profile_device = dataclasses.replace(profile_device, **{k: v for k, v in (("warmup", warmup), ("runs", runs)) if v is not None})
     workload = Workload(tuple(_int_list(prompt_lengths, "prompt-lengths")), decode_tokens, tuple(_int_list(batch_sizes, "batch-sizes")),
                         tuple(_int_list(seq_lengths, "seq-lengths")), op_profile)
-    report = run_profile(onnx_dirs, profile_device, _int_list(threads, "threads") if threads is not None else None, out,
-                         strict=strict, workload=workload, overwrite=overwrite,
-                         progress=lambda line: typer.echo(line, err=True))
+    config = ProfileConfig(tuple(_int_list(threads, "threads")) if threads is not None else None, strict, workload, warmup, runs)
+    profile_device = config.device(load_device(device))
+    report = run_profile(onnx_dirs, profile_device, config.threads, out, strict=config.strict, workload=config.workload,
+                         overwrite=overwrite, progress=lambda line: typer.echo(line, err=True))
     for note in report.notes:
         typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
     for v in report.variants:
@@ -324,19 +320,146 @@ def profile_(
     typer.echo(f"report → {out}/report.html (measured on this host, not scaled to '{profile_device.name}')")
 
 
+@app.command()
+@user_errors
+def quantize(
+    onnx_dir: Path = typer.Argument(..., help="folder from `edgeprune export` (its float model.onnx)"),
+    out: Path = typer.Option(..., "--out", help="output folder; its model.onnx is the quantised graph"),
+    scheme: str = typer.Option("int4", help="int8 (dynamic, per channel) or int4 (MatMulNBits, block-wise)"),
+    block_size: int = typer.Option(32, help="int4: weights per scale along the input dimension"),
+    symmetric: bool = typer.Option(True, help="int4: symmetric codes, or --no-symmetric for a zero point per block"),
+    quantize_head: bool = typer.Option(True, help="int4: also the token embedding and tied LM head"),
+    verify: bool = typer.Option(True, help="compare with the PyTorch model it was exported from"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Quantise an exported folder into a new one; pruned zeros must stay exactly zero (checked on the codes)."""
+    from edgeprune.onnx import QuantizeConfig, quantize as run_quantize
+
+    report = run_quantize(onnx_dir, out, QuantizeConfig(scheme, block_size, symmetric, quantize_head), verify=verify, overwrite=overwrite)
+    line = f"{report.scheme}: {report.bytes / 2**20:.1f} MiB → {out}/model.onnx; zeros kept: {'yes' if not report.lost else 'no'}"
+    if report.quality.get("greedy_tokens_identical_prefix") is not None:
+        line += f"; greedy tokens identical to PyTorch: {report.quality['greedy_tokens_identical_prefix']}/{report.quality['new_tokens']}"
+    typer.echo(line)
+
+
+class _RunProgress:
+    """Rich display for `edgeprune run`: the step, its layers or current measurement, elapsed and time left."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+        self.steps = self.work = None
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+    def step(self, index: int, total: int, label: str) -> None:
+        if self.steps is None:
+            self.steps = self.progress.add_task("steps", total=total)
+        self.progress.update(self.steps, completed=index - 1, description=f"step {index}/{total} {label}")
+        if self.work is not None:
+            self.progress.remove_task(self.work)
+        self.work = self.progress.add_task("  working", total=None)
+
+    def done(self, label: str, seconds: float, cached: bool) -> None:
+        self.progress.console.print(f"{label}: " + ("reused (config and inputs unchanged)" if cached else f"done in {seconds:.0f}s"))
+        self.progress.advance(self.steps)
+
+    def layers(self, done: int, total: int) -> None:
+        self.progress.update(self.work, description="  layers", total=total, completed=done)
+
+    def message(self, text: str) -> None:
+        self.progress.update(self.work, description=f"  {text}")
+
+
+def _print_summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeprune.report.run import summary_table
+
+    headers, rows = summary_table(result.summary)
+    table = Table(*headers, title=f"{result.recipe}: {len(result.ran)} step(s) ran, {len(result.reused)} reused, {result.seconds:.0f}s")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    if result.report:
+        typer.echo(f"report → {result.report} (and report.md)")
+
+
+def _run(recipe: str, out: Optional[Path], devices: list, sets: list) -> None:
+    import signal
+
+    from edgeprune.recipes import run_recipe
+
+    def stop(signum, frame):  # `kill` behaves like Ctrl-C: the running step's temporary folder is removed
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with _RunProgress() as progress:
+            result = run_recipe(recipe, out, devices or None, sets, progress=progress)
+    except KeyboardInterrupt:
+        _fail("interrupted; finished steps are kept, run the same command again to resume", 130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print_summary(result)
+
+
+@app.command()
+@user_errors
+def run(
+    recipe: str = typer.Argument(..., help="recipe file (export/*.toml) or a shipped recipe's name"),
+    device: List[str] = typer.Option([], "--device", help="device profile (file or name) to profile on; repeat for several"),
+    set_: List[str] = typer.Option([], "--set", help="override a recipe key, e.g. --set prune.sparsity=0.5"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/RECIPE-NAME); re-running resumes it"),
+):
+    """Run a recipe: each step into its own folder, unchanged steps reused, then report.md/report.html."""
+    _run(recipe, out, device, set_)
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="run folder; re-running reuses finished steps"),
+    device: List[str] = typer.Option([], "--device", help="device profile(s) (default devices/this-host.toml)"),
+):
+    """Prune the bundled SmolLM2-135M 2:4 with `attention`, export, quantise to int4, profile, and report."""
+    _run("smollm2-135m-2of4-attention-int4", out, device or ["this-host"], [])
+
+
 @app.command("list")
 def list_():
-    """Registered pruning methods, architectures, sparsity patterns and bundled models."""
+    """Registered pruning methods, patterns, exporters, quantisation modes, bundled models, recipes and device profiles."""
     from edgeprune.models import ADAPTERS
     from edgeprune.models.loading import BUNDLED
+    from edgeprune.onnx import QUANT_SCHEMES
+    from edgeprune.profiling.devices import devices_dir
     from edgeprune.pruning import PRUNERS
+    from edgeprune.recipes import STEPS, _register_steps, recipes_dir
 
+    _register_steps()
     typer.echo("pruning methods: " + ", ".join(PRUNERS.names()))
     typer.echo("architectures:   " + ", ".join(f"{n} ({', '.join(c.model_types)})" for n, c in ADAPTERS.items()))
     typer.echo("sparsity:        any fraction in (0,1); N:M with 0<N<M, e.g. 1:4, 2:4, 4:8, 2:8")
+    typer.echo("exporters:       decoder (text-generation-with-past, one merged graph), encoder (feature-extraction, optional pooling)")
+    typer.echo("quantisation:    " + ", ".join(QUANT_SCHEMES) + " (int4: block 32/64/128, symmetric or not)")
+    typer.echo("recipe steps:    " + ", ".join(STEPS.names()))
     typer.echo("bundled models:")
     for alias, entry in BUNDLED.items():
         typer.echo(f"  {alias:14s} {entry.description}")
+    typer.echo("recipes (export/):")
+    for path in sorted(recipes_dir().glob("*.toml")):
+        typer.echo(f"  {path.stem}")
+    typer.echo("device profiles (devices/):")
+    for path in sorted(devices_dir().glob("*.toml")):
+        typer.echo(f"  {path.stem}")
 
 
 def main() -> None:  # console-script entry point

@@ -248,7 +248,7 @@ def test_quantized_graph_keeps_pruned_zeros(scheme, pruned_llama_dir, tmp_path):
 
 def test_quantized_zero_check_catches_a_moved_zero(pruned_llama_dir, pruned_llama_onnx, tmp_path):
     from edgeprune.models.loading import load_model
-    from edgeprune.onnx.quantize import check_quantized, quantize_graph
+    from edgeprune.onnx.quantization import check_quantized, quantize_graph
     from edgeprune.onnx import QuantizeConfig
 
     out, report = pruned_llama_onnx
@@ -387,7 +387,7 @@ def test_ort_eval_of_a_truncated_graph_is_one_line(tiny_llama_dir, tmp_path):
 
 
 def test_int4_rows_exact_codes_on_a_hand_made_row():
-    from edgeprune.onnx.quantize import int4_rows
+    from edgeprune.onnx.quantization import int4_rows
 
     row = np.tile(np.array([-8, -4, 0, 2, 7, 0, 1, -1], np.float32), 4)[None] * 0.5  # largest magnitude -4 → scale 0.5
     packed, scales = int4_rows(row, 32)
@@ -400,7 +400,7 @@ def test_int4_rows_exact_codes_on_a_hand_made_row():
 
 def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(pruned_llama_dir, pruned_llama_onnx, tmp_path):
     from edgeprune.onnx import QuantizeConfig
-    from edgeprune.onnx.quantize import quantize_graph
+    from edgeprune.onnx.quantization import quantize_graph
 
     out = tmp_path / "q"
     report = export(str(pruned_llama_dir), out, ExportConfig(quantize=QuantizeConfig("int4", head=True)))

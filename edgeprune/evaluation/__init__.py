@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeprune.data import EMBEDDED, eval_windows, load_text, tokenize
+from edgeprune.errors import EdgepruneError
 from edgeprune.pruning.attention_math import attention_error, attention_probs
 
 SCHEMA_VERSION = 1
@@ -60,6 +61,23 @@ def attention_errors(model, reference, adapter, ids: torch.Tensor) -> list[float
         errors.append(float(attention_error(attention_probs(x, parts, context), attention_probs(x, ref_parts, context))))
         hidden = adapter.run_block(ref_block, hidden, context)
     return errors
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``edgeprune eval`` takes besides the model (as keywords of :func:`evaluate`), as recipes take it."""
+
+    text: str = EMBEDDED  # held-out text: "pydoc" (its held-out split) or a .txt/.jsonl file
+    seqlen: int = 512  # tokens per perplexity window
+    max_windows: int | None = None
+    attention: bool = True  # PyTorch models: attention error per layer against the dense reference
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.seqlen < 2:
+            raise EdgepruneError(f"seqlen {self.seqlen} is too short for perplexity", "use e.g. seqlen = 512")
+        if self.max_windows is not None and self.max_windows < 1:
+            raise EdgepruneError(f"max_windows {self.max_windows} must be 1 or more", "leave it out to use all windows")
 
 
 @dataclass

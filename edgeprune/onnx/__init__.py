@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from edgeprune.errors import EdgepruneError
 
 if TYPE_CHECKING:
-    from edgeprune.onnx.quantize import QuantReport
+    from edgeprune.onnx.quantization import QuantReport
     from edgeprune.onnx.verify import VerifyReport
     from edgeprune.onnx.weights import SparsityReport
 
@@ -173,19 +173,17 @@ def _check(report: ExportReport, config: ExportConfig) -> None:
                                  "export in float32 without weight-changing optimisations")
 
 
-def _quantize(loaded, onnx_path: Path, config: ExportConfig, report: ExportReport, layers, patterns) -> QuantReport:
-    """Write the quantised graph next to the float one, check the pruned zeros in it, and measure its quality."""
-    from edgeprune.onnx.quantize import QuantReport, check_quantized, quantize_graph
+def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_inits: dict[str, str], layers, patterns) -> QuantReport:
+    """Write the quantised graph to ``dst``, check the pruned zeros in it, and measure it against PyTorch."""
+    from edgeprune.onnx.quantization import QuantReport, check_quantized, quantize_graph
     from edgeprune.onnx.verify import verify_decoder, verify_encoder
 
     q = config.quantize
-    dst = onnx_path.with_name(f"model_{q.scheme}.onnx")
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
     head = quantize_graph(onnx_path, dst, q, external)
     settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"]} if q.scheme == "int8" else \
         {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
          "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
-    fp32_inits = {l.layer: l.initializer for l in report.sparsity.layers if l.initializer}
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:
         if loaded.is_decoder:
@@ -197,6 +195,52 @@ def _quantize(loaded, onnx_path: Path, config: ExportConfig, report: ExportRepor
             quality = verify_encoder(loaded.model, loaded.tokenizer, dst, config.atol, config.pooling)
             out.quality = {"max_abs_diff": quality.max_abs_diff, "embedding_cosine_min": quality.embedding_cosine_min}
     return out
+
+
+def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = QuantizeConfig(), verify: bool = True,
+             overwrite: bool = False) -> QuantReport:
+    """Quantise the float graph of an ``edgeprune export`` folder into ``out``, whose model.onnx is then the quantised graph.
+
+    The pruned zeros are checked on the quantised codes (an error if any is lost), and with ``verify`` the
+    graph is compared with the PyTorch model it was exported from. Tokenizer and config files are carried over.
+    """
+    import shutil
+
+    import torch
+
+    from edgeprune.io import atomic_dir, check_out_dir, write_json
+    from edgeprune.models.loading import load_model
+    from edgeprune.onnx.weights import layer_patterns
+
+    _require_onnx_stack()
+    src = Path(onnx_dir)
+    onnx_path = src / ONNX_FILE
+    if not onnx_path.is_file():
+        raise EdgepruneError(f"'{src}' has no {ONNX_FILE}", "pass a folder written by edgeprune export")
+    meta = _source_metadata(src) or {}
+    exported = meta.get("export") or {}
+    if not exported.get("source"):
+        raise EdgepruneError(f"'{src}' has no export record in {METADATA_FILE}", "pass a folder written by edgeprune export")
+    if exported.get("quantized") and exported["quantized"].get("file") == ONNX_FILE:
+        raise EdgepruneError(f"'{src}/{ONNX_FILE}' is already quantised ({exported['quantized'].get('scheme')})",
+                             "quantise the float export instead")
+    check_out_dir(out, overwrite)
+    loaded = load_model(exported["source"], device="cpu", dtype=torch.float32)
+    layers = loaded.adapter.prunable_linears(loaded.model)
+    fp32_inits = {l["layer"]: l["initializer"] for l in (exported.get("sparsity") or {}).get("layers", []) if l.get("initializer")}
+    export_config = ExportConfig(pooling=bool(exported.get("pooling")), verify=verify, quantize=config)
+    with atomic_dir(out, overwrite) as tmp:
+        for item in src.iterdir():
+            if item.is_file() and ".onnx" not in item.name and item.suffix != ".ort" and item.name != METADATA_FILE:
+                shutil.copy2(item, tmp / item.name)
+        report = _quantize(loaded, onnx_path, tmp / ONNX_FILE, export_config, fp32_inits, layers, layer_patterns(meta.get("pruning")))
+        probe = ExportReport(str(src), str(out), exported.get("architecture", ""), exported.get("task", ""), export_config.pooling, {}, 0.0,
+                             quantized=report)
+        _check(probe, export_config)
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name}
+        write_json(tmp / METADATA_FILE, meta | {"export": exported | {"files": files, "quantized": report.to_dict(),
+                                                                     "quantized_from": str(src)}})
+    return report
 
 
 def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig(), overwrite: bool = False) -> ExportReport:
@@ -229,7 +273,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
         if config.pooling:
             add_mean_pooling(onnx_path)
         report = ExportReport(
-            source=str(model_spec), out=str(out), architecture=loaded.adapter.family, task=task, pooling=config.pooling,
+            source=str(Path(model_spec).resolve()) if Path(model_spec).exists() else str(model_spec), out=str(out), architecture=loaded.adapter.family, task=task, pooling=config.pooling,
             files={}, seconds_export=round(time.perf_counter() - start, 2),
         )
         layers = loaded.adapter.prunable_linears(loaded.model)
@@ -243,7 +287,9 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             report.verify.seconds = time.perf_counter() - start
         _check(report, config)
         if config.quantize is not None:
-            report.quantized = _quantize(loaded, onnx_path, config, report, layers, layer_patterns(meta))
+            fp32_inits = {l.layer: l.initializer for l in report.sparsity.layers if l.initializer}
+            dst = onnx_path.with_name(f"model_{config.quantize.scheme}.onnx")
+            report.quantized = _quantize(loaded, onnx_path, dst, config, fp32_inits, layers, layer_patterns(meta))
             _check(report, config)
         if config.ort_format:
             from edgeprune.onnx.mobile import OPS_CONFIG, convert_to_ort
@@ -259,4 +305,4 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
     return report
 
 
-__all__ = ["ExportConfig", "ExportReport", "QuantizeConfig", "export"]
+__all__ = ["ExportConfig", "ExportReport", "QuantizeConfig", "export", "quantize"]

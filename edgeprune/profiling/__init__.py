@@ -45,6 +45,32 @@ class Workload:
             raise EdgepruneError(f"decode tokens {self.decode_tokens} must be at least 1", "pass e.g. --decode-tokens 32")
 
 
+@dataclass(frozen=True)
+class ProfileConfig:
+    """How ``edgeprune profile`` measures, besides the device profile: as the Python API and recipes take it."""
+
+    threads: tuple[int, ...] | None = None  # None: the profile's intra_op_threads, else every usable core
+    strict: bool = False  # measure 3 times in fresh processes; flag medians that differ > 5%
+    workload: Workload = Workload()
+    warmup: int | None = None  # override the profile's warm-up runs
+    runs: int | None = None  # override the profile's timed runs
+
+    def __post_init__(self):
+        if self.threads is not None and (not self.threads or any(t < 1 for t in self.threads)):
+            raise EdgepruneError(f"thread counts {list(self.threads)} must all be 1 or more", "pass e.g. --threads 1,2,4")
+        if self.warmup is not None and self.warmup < 0:
+            raise EdgepruneError(f"warmup {self.warmup} must be 0 or more", "pass e.g. --warmup 10")
+        if self.runs is not None and self.runs < 1:
+            raise EdgepruneError(f"runs {self.runs} must be 1 or more", "pass e.g. --runs 30")
+
+    def device(self, device: DeviceProfile) -> DeviceProfile:
+        """``device`` with this config's warm-up and run counts, where set."""
+        import dataclasses
+
+        changes = {k: v for k, v in (("warmup", self.warmup), ("runs", self.runs)) if v is not None}
+        return dataclasses.replace(device, **changes) if changes else device
+
+
 @dataclass
 class _Variant:
     name: str
@@ -171,13 +197,14 @@ def _quality(graph: Path, quant: str) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _variants(onnx_dirs: Sequence[str | Path]) -> list[_Variant]:
+def _variants(onnx_dirs: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[_Variant]:
     out, names = [], set()
-    for spec in onnx_dirs:
+    for i, spec in enumerate(onnx_dirs):
         graph = _find_graph(spec)
         kind, ops, files, vocab = _inspect(graph)
         quant = _quantization(ops)
         name = graph.parent.name if graph.name == "model.onnx" else f"{graph.parent.name}/{graph.stem}"
+        name = labels[i] if labels and i < len(labels) else name
         while name in names:
             name += "'"
         names.add(name)
@@ -288,8 +315,11 @@ def profile(
     workload: Workload = Workload(),
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    names: Sequence[str] | None = None,
 ) -> Report:
-    """Measure each ONNX folder (or .onnx file) at each thread count under ``device``; write report.json/.md/.html to ``out``."""
+    """Measure each ONNX folder (or .onnx file) at each thread count under ``device``; write report.json/.md/.html to ``out``.
+
+    ``names`` label the variants in the report (default: their folder names)."""
     from edgeprune.io import atomic_dir, check_out_dir
     from edgeprune.profiling.ops import summarize_trace
     from edgeprune.profiling.runner import measure
@@ -305,7 +335,7 @@ def profile(
         threads = list(threads)
         if not threads or any(t < 1 for t in threads):
             raise EdgepruneError(f"thread counts {threads} must all be 1 or more", "pass e.g. --threads 1,2,4")
-    variants = _variants(onnx_dirs)
+    variants = _variants(onnx_dirs, names)
     notes: list[str] = []
     providers = _providers(device, notes)
     cores = _cores(device, notes)
@@ -357,4 +387,4 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
-__all__ = ["DeviceProfile", "REPORT_DIR", "Report", "Workload", "load_device", "profile"]
+__all__ = ["DeviceProfile", "ProfileConfig", "REPORT_DIR", "Report", "Workload", "load_device", "profile"]

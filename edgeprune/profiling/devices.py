@@ -7,13 +7,13 @@ memory and latency budgets, how long to measure), loaded into a frozen, strictly
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.tomlconf import build
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 QUANTIZATION_PRESETS = ("none", "int8", "int4")
@@ -73,56 +73,11 @@ class DeviceProfile:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(DeviceProfile)}
-# TOML type each key takes: (python types accepted, description for the error)
-_KINDS = {
-    str: ((str,), "a string"),
-    int: ((int,), "an integer"),
-    float: ((int, float), "a number"),
-    bool: ((bool,), "true or false"),
-}
-
-
-def _line_of(text: str, key: str) -> int | None:
-    for number, line in enumerate(text.splitlines(), 1):
-        if re.match(rf"\s*[\"']?{re.escape(key)}[\"']?\s*=", line) or re.match(rf"\s*\[+\s*{re.escape(key)}\s*[\].]", line):
-            return number
-    return None
-
-
-def _base_kind(annotation: str) -> tuple[str, bool]:
-    """'int | None' → ('int', optional); 'tuple[int, ...] | None' → ('tuple[int]', optional)."""
-    parts = [p.strip() for p in annotation.split("|")]
-    optional = "None" in parts
-    base = next(p for p in parts if p != "None")
-    if base.startswith("tuple["):
-        base = "tuple[" + base[6:].split(",")[0] + "]"
-    return base, optional
-
-
-def _convert(key: str, value, where: str):
-    base, _ = _base_kind(_FIELDS[key].type)
-    if base.startswith("tuple["):
-        item_type = {"int": int, "str": str}[base[6:-1]]
-        accepted, what = _KINDS[item_type]
-        if not isinstance(value, list) or any(isinstance(v, bool) or not isinstance(v, accepted) for v in value):
-            raise EdgepruneError(f"{where}: '{key}' must be a list of {what.split(' ', 1)[1]}s", f"write e.g. {key} = {_example(key)}")
-        return tuple(value)
-    accepted, what = _KINDS[{"str": str, "int": int, "float": float, "bool": bool}[base]]
-    if (isinstance(value, bool) and base != "bool") or not isinstance(value, accepted):
-        raise EdgepruneError(f"{where}: '{key}' must be {what}, not {type(value).__name__}", f"write e.g. {key} = {_example(key)}")
-    return float(value) if base == "float" else value
-
-
-def _example(key: str) -> str:
-    return {"cores": "[4, 5, 6, 7]", "execution_providers": '["CPUExecutionProvider"]', "name": '"my-device"',
-            "description": '"..."', "graph_optimization": '"all"', "quantization": '"int8"'}.get(
-        key, "true" if _base_kind(_FIELDS[key].type)[0] == "bool" else "4")
-
-
 def load_device(path: str | Path) -> DeviceProfile:
     """Read and validate a device profile; any unknown key or bad value is a one-line error naming the key and its line."""
     path = Path(path)
+    if not path.is_file() and path.suffix != ".toml" and len(path.parts) == 1 and (devices_dir() / f"{path}.toml").is_file():
+        path = devices_dir() / f"{path}.toml"  # a shipped profile by name, e.g. "this-host"
     if not path.is_file():
         shipped = sorted(p.stem for p in devices_dir().glob("*.toml")) if devices_dir().is_dir() else []
         raise EdgepruneError(f"device profile '{path}' not found",
@@ -132,23 +87,9 @@ def load_device(path: str | Path) -> DeviceProfile:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise EdgepruneError(f"device profile {path} is not valid TOML: {exc}", "fix the syntax on that line") from None
-    values = {}
-    for key, value in data.items():
-        line = _line_of(text, key)
-        where = f"{path}:{line}" if line else str(path)
-        if key not in _FIELDS:
-            near = difflib.get_close_matches(key, list(_FIELDS), n=2, cutoff=0.6)
-            raise EdgepruneError(f"{where}: unknown key '{key}' in device profile",
-                                 f"did you mean {' or '.join(near)}?" if near else f"known keys: {', '.join(_FIELDS)}")
-        values[key] = _convert(key, value, where)
-    if "name" not in values:
+    if "name" not in data:
         raise EdgepruneError(f"{path}: device profile has no 'name'", 'add a line like name = "my-device"')
-    try:
-        return DeviceProfile(**values)
-    except EdgepruneError as exc:
-        key = next((k for k in _FIELDS if f": {k} " in exc.problem), None)
-        line = _line_of(text, key) if key else None
-        raise EdgepruneError(f"{path}:{line}: {exc.problem}" if line else f"{path}: {exc.problem}", exc.fix) from None
+    return build(DeviceProfile, data, path, text, what="device profile")
 
 
 def devices_dir() -> Path:

@@ -12,34 +12,57 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from edgeprune.data import calibration_batch, eval_windows, load_text
+from edgeprune.data import CalibConfig, calibration_batch, eval_windows, load_text
 from edgeprune.errors import EdgepruneError
 from edgeprune.pruning import PruneConfig, make_pruner, prune_model, save_pruned
 from edgeprune.sparsity import parse_sparsity
 
 
+@dataclass(frozen=True)
+class NMConfig:
+    """Everything ``edgeprune nm`` takes, as the Python API and recipes take it."""
+
+    pattern: str = "2:4"
+    method: str = "attention"  # the method that re-fits inside the pattern
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    device: str = "cpu"
+    overrides: dict[str, str] = field(default_factory=dict)  # glob on layer name → "dense" or another N:M
+    options: dict[str, Any] = field(default_factory=dict)  # method hyperparameters
+    permute: bool = False  # reorder input channels first (absorbed exactly)
+    compare: bool = True  # also measure plain projection on held-out text and report the gain
+    eval_text: str = "pydoc"
+    eval_max_windows: int = 8
+
+    def __post_init__(self):
+        spec = parse_sparsity(self.pattern)
+        if not spec.is_nm:
+            raise EdgepruneError(f"'{self.pattern}' is not an N:M pattern", "use --pattern N:M, e.g. 2:4")
+
+    def prune_config(self) -> PruneConfig:
+        return PruneConfig(method=self.method, sparsity=self.pattern, calib=self.calib, device=self.device,
+                           overrides=self.overrides, options=self.options, permute=self.permute)
+
+
 def convert_nm(
     model_dir: str | Path,
     out: str | Path,
-    config: PruneConfig = PruneConfig(method="attention", sparsity="2:4"),
-    compare_projection: bool = True,
-    eval_text: str = "pydoc",
-    eval_max_windows: int = 8,
+    nm: NMConfig = NMConfig(),
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Re-fit ``model_dir`` to the N:M pattern in ``config.sparsity``; returns the quality comparison."""
+    """Re-fit ``model_dir`` to the N:M pattern ``nm.pattern``; returns the quality comparison."""
+    config = nm.prune_config()
+    compare_projection, eval_text, eval_max_windows = nm.compare, nm.eval_text, nm.eval_max_windows
     from edgeprune.evaluation import perplexity
     from edgeprune.io import check_out_dir
     from edgeprune.models.loading import load_model
     from edgeprune.runtime import resolve_device
 
     spec = parse_sparsity(config.sparsity)
-    if not spec.is_nm:
-        raise EdgepruneError(f"'{config.sparsity}' is not an N:M pattern", "use --pattern N:M, e.g. 2:4")
     pruner = make_pruner(config.method, config.options)
     device = resolve_device(config.device)
     check_out_dir(out, overwrite)
@@ -78,4 +101,4 @@ def _dense_source(folder: Path) -> str | None:
     return None
 
 
-__all__ = ["convert_nm"]
+__all__ = ["NMConfig", "convert_nm"]

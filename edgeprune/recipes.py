@@ -1,0 +1,588 @@
+"""Recipes: a TOML file lists a pipeline's steps (prune → nm → export → quantize → eval → profile → report);
+:func:`run_recipe` runs them into numbered step folders that are cached, resumable and never half-written.
+
+    edgeprune run export/smollm2-135m-2of4-attention-int4.toml --device devices/this-host.toml --out runs/smol
+
+A recipe file::
+
+    [recipe]
+    name = "smollm2-135m-2of4-attention-int4"
+    model = "smollm2-135m"
+    devices = ["this-host"]     # device profiles by name (devices/NAME.toml) or path
+
+    [prune]                      # each step table takes the fields of the API's config dataclass
+    method = "attention"
+    sparsity = "2:4"
+
+    [export]
+    [quantize]
+    scheme = "int4"
+    [eval]
+    [profile]
+    [report]
+
+Steps run in the order their tables appear. Unless ``baseline = false``, the dense source model is
+exported and evaluated too (``dense-export``, ``dense-eval``) so profile and report compare against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.registry import Registry
+from edgeprune.tomlconf import apply_set, build, line_of
+
+SCHEMA_VERSION = 1
+META_FILE = "meta.json"  # written last: a step folder without it is unfinished
+CONFIG_FILE = "step.json"  # the step's resolved config (not config.json: HF folders have one)
+EVAL_FILE = "eval.json"
+
+TORCH, ONNX = "PyTorch", "ONNX"  # the kinds of model a step reads or writes
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+class StepContext:
+    """What a step sees: its input model, the run (for earlier results) and the progress display."""
+
+    def __init__(self, run: "_Run", model: Path | str, progress: "RunProgress"):
+        self.run = run
+        self.model = model
+        self.progress = progress
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The final report: one report.md and report.html per run (copied to the run folder)."""
+
+    title: str = ""  # default: the recipe's name
+
+
+@dataclass(frozen=True)
+class Step:
+    """A kind of step: the config dataclass its table takes, what model it reads and writes, and how it runs."""
+
+    config: type
+    needs: str | None  # TORCH, ONNX, or None (any model, or none)
+    makes: str | None  # TORCH or ONNX when its folder is the new model; None when it only records results
+    run: Callable[[StepContext, Any, Path], dict]
+    help: str
+    changes_model: bool = True  # prune/nm/quantize make a variant; export/eval/profile/report do not
+
+
+STEPS: Registry[Step] = Registry("recipe step")
+
+
+def _prune(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.pruning import prune
+
+    report = prune(str(ctx.model), out, config, overwrite=True, progress=ctx.progress.layers)
+    return {"overall_sparsity": report.overall_sparsity, "layers": len(report.layers), "prune_seconds": round(report.seconds, 1)}
+
+
+def _nm(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.pruning.convert import convert_nm
+
+    return convert_nm(str(ctx.model), out, config, overwrite=True, progress=ctx.progress.layers)
+
+
+def _export(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.onnx import export
+
+    report = export(str(ctx.model), out, config, overwrite=True)
+    return {"files": report.files, "max_abs_diff": report.verify.worst[1] if report.verify else None,
+            "zeros_kept": report.sparsity.onnx_zeros if report.sparsity else None}
+
+
+def _quantize(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.onnx import quantize
+
+    report = quantize(ctx.model, out, config, overwrite=True)
+    return {"scheme": report.scheme, "bytes": report.bytes, "zeros_preserved": not report.lost}
+
+
+def _eval(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.evaluation import evaluate
+    from edgeprune.io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = evaluate(str(ctx.model), **dataclasses.asdict(config))
+    data = json.loads(result.to_json())
+    write_json(out / EVAL_FILE, data)
+    return {k: data[k] for k in ("perplexity", "embedding_cosine") if data.get(k) is not None}
+
+
+def _profile(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.profiling import profile
+
+    models, names = ctx.run.profile_targets()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for device in ctx.run.devices:
+        report = profile(models, config.device(device), config.threads, out / device.name, strict=config.strict,
+                         workload=config.workload, overwrite=True, progress=ctx.progress.message, names=names)
+        summary[device.name] = {v.name: all(r.ok for r in v.runs) for v in report.variants}
+    return {"devices": summary}
+
+
+def _report(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.report.run import write_run_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    return write_run_report(ctx.run.summary(), out, config.title or ctx.run.recipe.name)
+
+
+def _register_steps() -> None:
+    from edgeprune.evaluation import EvalConfig
+    from edgeprune.onnx import ExportConfig, QuantizeConfig
+    from edgeprune.profiling import ProfileConfig
+    from edgeprune.pruning import PruneConfig
+    from edgeprune.pruning.convert import NMConfig
+
+    for name, step in {
+        "prune": Step(PruneConfig, TORCH, TORCH, _prune, "prune weights (unstructured or N:M) with a registered method"),
+        "nm": Step(NMConfig, TORCH, TORCH, _nm, "convert a pruned model to N:M by re-fitting inside the pattern"),
+        "export": Step(ExportConfig, TORCH, ONNX, _export, "export to ONNX, verified against PyTorch", changes_model=False),
+        "quantize": Step(QuantizeConfig, ONNX, ONNX, _quantize, "quantise the exported graph (int8 / int4), zeros kept"),
+        "eval": Step(EvalConfig, None, None, _eval, "held-out perplexity or embedding cosine of the current model", changes_model=False),
+        "profile": Step(ProfileConfig, ONNX, None, _profile, "latency and memory with ONNX Runtime on each device profile",
+                        changes_model=False),
+        "report": Step(ReportConfig, None, None, _report, "report.md and report.html comparing the variant with the dense model",
+                       changes_model=False),
+    }.items():
+        if name not in STEPS:
+            STEPS.register(name)(step)
+
+
+# --- the recipe file ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipeHeader:
+    """The [recipe] table."""
+
+    name: str
+    model: str
+    description: str = ""
+    devices: tuple[str, ...] = ("this-host",)
+    baseline: bool = True  # also export + evaluate + profile the dense source, to compare against
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    kind: str
+    config: Any
+    line: int | None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    text: str
+    header: RecipeHeader
+    steps: tuple[RecipeStep, ...]
+    sets: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.header.name
+
+    def step(self, kind: str) -> RecipeStep | None:
+        return next((s for s in self.steps if s.kind == kind), None)
+
+
+def recipes_dir() -> Path:
+    """The export/ folder of recipes shipped next to the package (a source checkout)."""
+    return Path(__file__).resolve().parents[1] / "export"
+
+
+def find_recipe(spec: str | Path) -> Path:
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = recipes_dir() / f"{spec}.toml"
+    if path.suffix != ".toml" and len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in recipes_dir().glob("*.toml")) if recipes_dir().is_dir() else []
+    raise EdgepruneError(f"recipe '{spec}' not found", f"pass a .toml file or one of: {', '.join(names)}" if names else "pass a .toml file")
+
+
+def _check_set_path(data: dict, keys: tuple[str, ...], assignment: str):
+    """--set must name a step of the recipe (or [recipe]) and a field its config has; returns the field's type."""
+    import typing
+
+    from edgeprune.tomlconf import _optional
+
+    head = keys[0]
+    if head != "recipe" and head not in STEPS:
+        raise EdgepruneError(f"--set {assignment}: unknown step '{head}'", f"steps: recipe, {', '.join(STEPS.names())}")
+    if head != "recipe" and head not in data:
+        raise EdgepruneError(f"--set {assignment}: the recipe has no [{head}] step", "add the step to the recipe first")
+    cls = RecipeHeader if head == "recipe" else STEPS.get(head).config
+    for depth, key in enumerate(keys[1:], 1):
+        hints = typing.get_type_hints(cls)
+        if not dataclasses.is_dataclass(cls) or key not in hints:
+            known = ", ".join(hints) if dataclasses.is_dataclass(cls) else ""
+            raise EdgepruneError(f"--set {assignment}: [{'.'.join(keys[:depth])}] has no key '{key}'",
+                                 f"known keys: {known}" if known else "remove it")
+        cls, _ = _optional(hints[key])
+        if typing.get_origin(cls) is dict:
+            return None  # free-form tables: overrides, options
+    return cls
+
+
+def load_recipe(spec: str | Path, sets: Sequence[str] = ()) -> Recipe:
+    """Read, override (``sets`` like ``prune.sparsity=0.5``) and validate a recipe; errors name the file, key and line."""
+    _register_steps()
+    path = find_recipe(spec)
+    text = path.read_text()
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgepruneError(f"recipe {path} is not valid TOML: {exc}", "fix the syntax on that line") from None
+    for assignment in sets:
+        keys, value = apply_set({}, assignment)
+        if len(keys) < 2:
+            raise EdgepruneError(f"--set {assignment}: name a step and a key", "write it like --set prune.sparsity=0.5")
+        if _check_set_path(data, keys, assignment) is str and not isinstance(value, str):
+            assignment = f"{assignment.split('=', 1)[0]}={json.dumps(assignment.split('=', 1)[1].strip())}"  # 0.5 → "0.5"
+        apply_set(data, assignment)
+    if not isinstance(data.get("recipe"), dict):
+        raise EdgepruneError(f"{path}: no [recipe] table", 'start the file with [recipe], name = "..." and model = "..."')
+    for key in ("name", "model"):
+        if key not in data["recipe"]:
+            raise EdgepruneError(f"{path}:{line_of(text, ('recipe',))}: [recipe] has no '{key}'", f'add {key} = "..."')
+    header = build(RecipeHeader, data["recipe"], path, text, ("recipe",), what="[recipe]")
+    steps = []
+    for kind, table in data.items():
+        if kind == "recipe":
+            continue
+        line = line_of(text, (kind,))
+        if kind not in STEPS or not isinstance(table, dict):
+            raise EdgepruneError(f"{path}:{line}: unknown step '{kind}'" if line else f"{path}: unknown step '{kind}'",
+                                 f"steps are tables named {', '.join(STEPS.names())}")
+        steps.append(RecipeStep(kind, build(STEPS.get(kind).config, table, path, text, (kind,), what=f"[{kind}]"), line))
+    if not steps:
+        raise EdgepruneError(f"{path}: the recipe has no steps", "add step tables such as [prune], [export], [report]")
+    recipe = Recipe(path, text, header, tuple(steps), tuple(sets))
+    _check_order(recipe)
+    return recipe
+
+
+def _check_order(recipe: Recipe) -> None:
+    """Each step must get the kind of model it needs from the steps before it."""
+    have, made_by = TORCH, None
+    for s in recipe.steps:
+        step = STEPS.get(s.kind)
+        where = f"{recipe.path}:{s.line}" if s.line else str(recipe.path)
+        if step.needs and step.needs != have:
+            before = f"[{made_by}] before it makes {have}" if made_by else f"the recipe's model is {have}"
+            fix = f"put an [export] step before [{s.kind}]" if step.needs == ONNX else f"put [{s.kind}] before [export]"
+            article = "an" if step.needs == ONNX else "a"
+            raise EdgepruneError(f"{where}: step [{s.kind}] needs {article} {step.needs} model, but {before}", fix)
+        if step.makes:
+            have, made_by = step.makes, s.kind
+
+
+# --- running -------------------------------------------------------------------------------------------
+
+
+class RunProgress(Protocol):
+    def step(self, index: int, total: int, label: str) -> None: ...
+    def done(self, label: str, seconds: float, cached: bool) -> None: ...
+    def layers(self, done: int, total: int) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class _Quiet:
+    def step(self, index, total, label): pass
+    def done(self, label, seconds, cached): pass
+    def layers(self, done, total): pass
+    def message(self, text): pass
+
+
+@dataclass
+class PlannedStep:
+    index: int
+    kind: str
+    config: Any
+    branch: str  # "variant" or "dense"
+    input: str  # step folder name of the model it reads, or "source"
+    key: str = ""
+    cached: bool = False
+    seconds: float = 0.0
+    outputs: dict = field(default_factory=dict)
+
+    @property
+    def folder(self) -> str:
+        return f"{self.index:02d}-{'dense-' if self.branch == 'dense' else ''}{self.kind}"
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_recipe` did: each step (ran or reused), and where the report is."""
+
+    out: Path
+    recipe: str
+    steps: list[PlannedStep]
+    report: Path | None
+    summary: dict
+    seconds: float
+
+    @property
+    def ran(self) -> list[str]:
+        return [s.folder for s in self.steps if not s.cached]
+
+    @property
+    def reused(self) -> list[str]:
+        return [s.folder for s in self.steps if s.cached]
+
+
+def _fingerprint(spec: str) -> dict:
+    """A cheap identity of the source model: its files' names, sizes and modification times (hashing GBs is not cheap)."""
+    from edgeprune.models.loading import resolve_spec
+
+    kind, path, gguf = resolve_spec(spec)
+    if path is None:
+        return {"hub": spec}
+    files = [path / gguf] if gguf else sorted(p for p in path.rglob("*") if p.is_file())
+    return {"spec": spec, "files": [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _label(recipe: Recipe) -> str:
+    parts = []
+    for s in recipe.steps:
+        c = s.config
+        if s.kind == "prune":
+            parts.append(f"{c.method} {c.sparsity}")
+        elif s.kind == "nm":
+            parts.append(f"{c.method} {c.pattern}")
+        elif s.kind == "quantize":
+            parts.append(c.scheme)
+    return " + ".join(parts) or "dense"
+
+
+class _Run:
+    def __init__(self, recipe: Recipe, out: Path, devices: list, progress: RunProgress):
+        self.recipe, self.out, self.devices, self.progress = recipe, out, devices, progress
+        self.plan = self._plan()
+
+    def _plan(self) -> list[PlannedStep]:
+        from edgeprune.evaluation import EvalConfig
+        from edgeprune.onnx import ExportConfig
+
+        r = self.recipe
+        variant = [s for s in r.steps if s.kind not in ("profile", "report")]
+        closing = [s for s in r.steps if s.kind in ("profile", "report")]
+        needs_dense = r.header.baseline and any(STEPS.get(s.kind).changes_model for s in r.steps)
+        plan: list[PlannedStep] = []
+        if needs_dense:
+            export = r.step("export")
+            plan.append(PlannedStep(0, "export", export.config if export else ExportConfig(), "dense", "source"))
+            evaluation = r.step("eval")
+            if evaluation:
+                plan.append(PlannedStep(0, "eval", evaluation.config, "dense", ""))
+        for s in variant:
+            plan.append(PlannedStep(0, s.kind, s.config, "variant", ""))
+        for s in closing:
+            plan.append(PlannedStep(0, s.kind, s.config, "run", ""))
+        from edgeprune import __version__
+
+        self.fingerprint = _fingerprint(r.header.model)
+        current = {"dense": "source", "variant": "source"}
+        keys: dict[str, str] = {"source": _digest(self.fingerprint)}  # folder → key
+        steps: list[PlannedStep] = []
+        for p in plan:
+            branch = "variant" if p.branch == "run" else p.branch
+            p.input = current[branch]
+            inputs = [keys[p.input]]
+            if p.kind in ("profile", "report"):
+                inputs += [keys[s.folder] for s in steps] + [d.to_dict() for d in self.devices]
+            if p.kind == "report":
+                inputs += [r.text, list(r.sets)]
+            p.key = _digest({"kind": p.kind, "config": dataclasses.asdict(p.config), "inputs": inputs, "edgeprune": __version__})
+            same = next((s for s in steps if s.key == p.key), None)
+            if same is not None:  # e.g. the variant's export of an unpruned model is the dense export: do it once
+                current[branch] = same.folder if STEPS.get(p.kind).makes else current[branch]
+                continue
+            p.index = len(steps) + 1
+            steps.append(p)
+            keys[p.folder] = p.key
+            if STEPS.get(p.kind).makes:
+                current[branch] = p.folder
+        self.current = current
+        return steps
+
+    def model_path(self, folder: str) -> Path | str:
+        return self.recipe.header.model if folder == "source" else self.out / folder
+
+    def profile_targets(self) -> tuple[list[Path], list[str]]:
+        """The ONNX models to compare: the dense export first (the baseline), then the variant."""
+        models, names = [], []
+        dense = self.current.get("dense")
+        if dense and dense != "source":
+            models.append(self.out / dense)
+            names.append("dense")
+        variant = self.current["variant"]
+        models.append(self.out / variant)
+        names.append(_label(self.recipe))
+        return models, names
+
+    def summary(self) -> dict:
+        """Everything the report needs: the recipe, each variant's quality and files, and the profile reports."""
+        import platform
+
+        from edgeprune.report.run import package_versions
+
+        variants = {}
+        models, names = self.profile_targets()
+        for model, name in zip(models, names):
+            branch = "dense" if name == "dense" else "variant"
+            evals = [p for p in self.plan if p.kind == "eval" and p.branch == branch]
+            quality = json.loads((self.out / evals[0].folder / EVAL_FILE).read_text()) if evals else {}
+            size = sum(f.stat().st_size for f in Path(model).glob("model.onnx*")) if Path(model).is_dir() else None
+            variants[name] = {"model": str(Path(model).relative_to(self.out)), "quality": quality, "onnx_bytes": size}
+        profiles = {}
+        for p in self.plan:
+            if p.kind == "profile":
+                for d in self.devices:
+                    path = self.out / p.folder / d.name / "report.json"
+                    if path.is_file():
+                        profiles[d.name] = json.loads(path.read_text())
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "recipe": {"name": self.recipe.name, "path": str(self.recipe.path), "text": self.recipe.text, "sets": list(self.recipe.sets),
+                       "description": self.recipe.header.description, "model": self.recipe.header.model},
+            "variants": variants,
+            "profiles": profiles,
+            "steps": [{"folder": p.folder, "kind": p.kind, "seconds": p.seconds, "cached": p.cached} for p in self.plan],
+            "versions": package_versions(),
+            "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(),
+                     "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0))},
+        }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _clean_leftovers(out: Path, plan: list[PlannedStep]) -> None:
+    """Remove what a killed run left: temporary folders, and step folders that never got their meta.json."""
+    for item in out.iterdir():
+        if item.name.startswith(".") and item.name.endswith(".tmp"):
+            shutil.rmtree(item, ignore_errors=True) if item.is_dir() else item.unlink(missing_ok=True)
+    for p in plan:
+        folder = out / p.folder
+        if folder.is_dir() and not (folder / META_FILE).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _reusable(folder: Path, key: str) -> dict | None:
+    meta = folder / META_FILE
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+    except ValueError:
+        return None
+    return data if data.get("key") == key else None
+
+
+def run_recipe(
+    recipe: str | Path | Recipe,
+    out: str | Path | None = None,
+    devices: Sequence[str | Path] | None = None,
+    sets: Sequence[str] = (),
+    progress: RunProgress | None = None,
+) -> RunResult:
+    """Run ``recipe`` (a file, a shipped recipe's name, or a loaded :class:`Recipe`) into ``out`` (default runs/NAME).
+
+    Steps whose config and inputs are unchanged are reused from an earlier run in ``out``; a step that was
+    interrupted left nothing behind and runs again. ``devices`` replaces the recipe's device profiles.
+    """
+    from edgeprune.io import atomic_dir, write_json
+    from edgeprune.profiling import load_device
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, sets)
+    progress = progress or _Quiet()
+    out = (Path(out) if out is not None else Path("runs") / recipe.name).absolute()
+    device_specs = list(devices) if devices else list(recipe.header.devices)
+    needs_devices = recipe.step("profile") is not None
+    loaded_devices = [load_device(d) for d in device_specs] if needs_devices else []
+    if len({d.name for d in loaded_devices}) != len(loaded_devices):
+        raise EdgepruneError("two device profiles share a name", "give each device profile its own name")
+    if out.exists() and not out.is_dir():
+        raise EdgepruneError(f"--out '{out}' is a file", "choose a folder for the run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}.tmp"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise EdgepruneError(f"cannot write to '{out}': {exc.strerror}", "choose a writable --out with free space") from None
+    run = _Run(recipe, out, loaded_devices, progress)
+    _clean_leftovers(out, run.plan)
+    start = time.perf_counter()
+    total = len(run.plan)
+    for p in run.plan:
+        folder = out / p.folder
+        label = f"{p.folder}" + (f" ({_label(recipe)})" if p.kind in ("prune", "nm", "quantize") else "")
+        progress.step(p.index, total, label)
+        meta = _reusable(folder, p.key)
+        if meta is not None:
+            p.cached, p.seconds, p.outputs = True, meta.get("seconds", 0.0), meta.get("outputs", {})
+            progress.done(label, p.seconds, cached=True)
+            continue
+        step = STEPS.get(p.kind)
+        ctx = StepContext(run, run.model_path(p.input), progress)
+        began = time.perf_counter()
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        try:
+            with atomic_dir(folder, overwrite=True) as tmp:
+                p.outputs = step.run(ctx, p.config, tmp) or {}
+                p.seconds = round(time.perf_counter() - began, 2)
+                write_json(tmp / CONFIG_FILE, {"step": p.kind, "config": dataclasses.asdict(p.config)})
+                write_json(tmp / META_FILE, {
+                    "schema_version": SCHEMA_VERSION, "step": p.kind, "branch": p.branch, "key": p.key, "seconds": p.seconds,
+                    "started": started, "inputs": {"model": str(p.input)}, "outputs": p.outputs,
+                    "files": sorted(str(f.relative_to(tmp)) for f in tmp.rglob("*") if f.is_file()),
+                })
+        except EdgepruneError as exc:
+            raise EdgepruneError(f"step {p.folder}: {exc.problem}", exc.fix) from None
+        progress.done(label, p.seconds, cached=False)
+    summary = run.summary()
+    report = next((out / p.folder for p in run.plan if p.kind == "report"), None)
+    if report is not None:
+        for name in ("report.md", "report.html"):  # the run's report at the top of the folder, too
+            shutil.copyfile(report / name, out / f".{name}.tmp")
+            os.replace(out / f".{name}.tmp", out / name)
+    write_json(out / "run.json", summary | {"seconds": round(time.perf_counter() - start, 2)})
+    return RunResult(out, recipe.name, run.plan, out / "report.html" if report else None, summary, time.perf_counter() - start)
+
+
+__all__ = ["Recipe", "ReportConfig", "RunResult", "STEPS", "find_recipe", "load_recipe", "recipes_dir", "run_recipe"]
