@@ -1,11 +1,11 @@
 # Two commands do all set-up on a fresh machine (see README):
-#   make demo   — set up, then prune the bundled SmolLM2-135M (2:4, attention) and evaluate it
+#   make demo   — set up, then `edgeprune demo`: SmolLM2-135M 2:4 attention + int4, profiled, reported
 #   make test   — set up, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgeprune-installed
-DEMO_OUT ?= runs/demo-smollm2-2of4-attention
+DEMO_OUT ?= runs/demo
 
 .PHONY: setup demo test test-slow
 
@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgeprune prune smollm2-135m --method attention --sparsity 2:4 --out $(DEMO_OUT) --overwrite
-	$(BIN)/edgeprune eval $(DEMO_OUT) --max-windows 16 --json $(DEMO_OUT)/eval.json
+	$(BIN)/edgeprune demo --out $(DEMO_OUT)
 
 # pytest's exit code 5 ("no tests ran") must not pass.
 test: $(STAMP)

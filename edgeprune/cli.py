@@ -370,6 +370,8 @@ class _RunProgress:
     def done(self, label: str, seconds: float, cached: bool) -> None:
         self.progress.console.print(f"{label}: " + ("reused (config and inputs unchanged)" if cached else f"done in {seconds:.0f}s"))
         self.progress.advance(self.steps)
+        self.progress.remove_task(self.work)
+        self.work = None
 
     def layers(self, done: int, total: int) -> None:
         self.progress.update(self.work, description="  layers", total=total, completed=done)
@@ -388,7 +390,10 @@ def _print_summary(result) -> None:
     table = Table(*headers, title=f"{result.recipe}: {len(result.ran)} step(s) ran, {len(result.reused)} reused, {result.seconds:.0f}s")
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)  # logs and pipes: the whole table, not 80 columns of ellipses
+    console.print(table)
     if result.report:
         typer.echo(f"report → {result.report} (and report.md)")
 

@@ -123,8 +123,9 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
     import logging
     import warnings
 
-    quiet = logging.getLogger("transformers").level
-    logging.getLogger("transformers").setLevel(logging.ERROR)
+    loggers = {name: logging.getLogger(name).level for name in ("transformers", "optimum")}
+    for name in loggers:  # optimum warns about the tied embedding/head initialisers it deduplicates: expected
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow: expected, not actionable for users
@@ -136,7 +137,8 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EdgepruneError(f"ONNX export failed: {first}", "check that the model loads with transformers, or report it") from None
     finally:
-        logging.getLogger("transformers").setLevel(quiet)
+        for name, level in loggers.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _check(report: ExportReport, config: ExportConfig) -> None:

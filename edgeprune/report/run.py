@@ -30,9 +30,9 @@ def _quality(entry: dict) -> tuple[str, float | None, str]:
     """(what, value, detail) of a variant's evaluation, e.g. ("perplexity", 18.4, "4096 tokens of pydoc")."""
     q = entry.get("quality") or {}
     if q.get("perplexity") is not None:
-        return "held-out perplexity", q["perplexity"], f"{q.get('tokens')} tokens of {q.get('text')}"
+        return "perplexity", q["perplexity"], f"{q.get('tokens')} tokens of {q.get('text')}"
     if q.get("embedding_cosine") is not None:
-        return "embedding cosine to dense", q["embedding_cosine"], f"{q.get('sentences')} sentences of {q.get('text')}"
+        return "cosine to dense", q["embedding_cosine"], f"{q.get('sentences')} sentences of {q.get('text')}"
     return "quality", None, "not evaluated (add an [eval] step)"
 
 
