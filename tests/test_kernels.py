@@ -2,7 +2,7 @@
 
 import torch
 
-from edgeprune.pruning.kernels import ColumnSquareNorms, Hessian, dense_target_weight, layerwise_mask, obs_prune, wanda_scores
+from edgeprune.pruning.kernels import ColumnSquareNorms, Hessian, Int4Grid, dense_target_weight, layerwise_mask, obs_prune, wanda_scores
 from edgeprune.sparsity import SparsitySpec, topk_mask
 
 
@@ -65,3 +65,29 @@ def test_dense_target_compensates_input_error():
     w_star = dense_target_weight(w, acc_h.value, acc_c, percdamp=0.0)
     target = xd @ w.T
     assert ((xp @ w_star.T - target) ** 2).sum() < ((xp @ w.T - target) ** 2).sum()
+
+
+def _rtn_int4(weight: torch.Tensor, group: int) -> torch.Tensor:
+    blocks = weight.reshape(weight.shape[0], -1, group)
+    extreme = blocks.gather(2, blocks.abs().argmax(2, keepdim=True))
+    scale = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8)
+    return (torch.clamp(torch.round(blocks / scale), -8, 7) * scale).reshape(weight.shape)
+
+
+def test_gptq_int4_is_on_grid_keeps_zeros_and_beats_round_to_nearest():
+    torch.manual_seed(0)
+    x = torch.randn(2048, 64) @ torch.randn(64, 64)  # correlated inputs, as activations are
+    h = Hessian(64)
+    h.add(x)
+    weight = torch.randn(24, 64)
+    weight[:, ::4] = 0  # pruned weights
+    grid = Int4Grid(24, 64, group=32)
+    quantised, keep = obs_prune(weight, h.value, SparsitySpec(0.5), keep=weight != 0, quantizer=grid)
+    assert torch.equal(quantised[:, ::4], torch.zeros(24, 16))  # pruned weights stay exactly zero
+    assert torch.equal(grid.codes[:, ::4], torch.zeros(24, 16, dtype=torch.int8))
+    assert grid.codes.min() >= -8 and grid.codes.max() <= 7
+    dequant = grid.codes.float() * grid.scales.repeat_interleave(32, dim=1)
+    assert torch.equal(quantised, dequant)  # exactly what MatMulNBits will compute from codes and scales
+    err_gptq = ((quantised - weight) @ x.T).pow(2).sum()
+    err_rtn = ((_rtn_int4(weight, 32) - weight) @ x.T).pow(2).sum()
+    assert err_gptq < 0.8 * err_rtn

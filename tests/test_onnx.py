@@ -2,6 +2,7 @@
 PyTorch, pruned zeros and N:M kept on the exported weights, and one-line errors for bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -460,3 +461,75 @@ def test_ort_format_files_load_and_run(tiny_llama_dir, tmp_path):
         b, _, _ = ort_.step(ids, np.ones_like(ids), ort_.empty_past(1))
         np.testing.assert_allclose(a, b, atol=1e-4)
     assert QuantizeConfig("int4").head is True  # the default the CLI run above used
+
+
+def _logit_error(folder: Path, reference, ids: np.ndarray) -> float:
+    from edgeprune.onnx.evaluate import load_session
+    from edgeprune.onnx.verify import OrtDecoder
+
+    decoder = OrtDecoder(load_session(folder / "model.onnx"))
+    logits, _, _ = decoder.step(ids, np.ones_like(ids), decoder.empty_past(1))
+    with torch.no_grad():
+        want = reference(torch.from_numpy(ids)).logits.numpy()
+    return float(np.mean((logits - want) ** 2))
+
+
+def test_quantize_folder_gptq_keeps_zeros_and_beats_round_to_nearest(tiny_llama_dir, tmp_path):
+    """On a model at the usual init scale (the lively fixture's large random weights make any weight change
+    chaotic downstream, which no layer-wise objective can address)."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeprune import CalibConfig, PruneConfig, prune, quantize
+    from edgeprune.models.loading import load_model
+    from edgeprune.onnx import QuantizeConfig
+    from edgeprune.onnx.quantization import gptq_int4
+
+    pruned_llama_dir = tmp_path / "pruned"
+    prune(str(tiny_llama_dir), pruned_llama_dir, PruneConfig(method="wanda", sparsity="2:4", calib=CalibConfig(samples=4, seqlen=32)))
+    src = tmp_path / "onnx"
+    export_report = export(str(pruned_llama_dir), src)
+    calib = CalibConfig(samples=8, seqlen=64)
+    reports = {}
+    for method in ("gptq", "rtn"):  # fp32 head and fp32 compute: compare the linears' codes only
+        reports[method] = quantize(src, tmp_path / method, QuantizeConfig("int4", method=method, calib=calib, head=False, accuracy_level=0))
+        assert not reports[method].lost and all(l.kept_zeros == l.torch_zeros > 0 for l in reports[method].layers)
+        meta = json.loads((tmp_path / method / "edgeprune.json").read_text())["export"]["quantized"]
+        assert meta["file"] == "model.onnx" and meta["settings"]["method"] == method
+    assert json.loads((tmp_path / "gptq" / "edgeprune.json").read_text())["export"]["quantized"]["settings"]["calibrated_layers"] == 14
+    assert (tmp_path / "gptq" / "tokenizer.json").is_file()  # carried over
+
+    # the graph holds exactly the calibrated codes
+    computed = gptq_int4(load_model(str(pruned_llama_dir), device="cpu"), QuantizeConfig("int4", calib=calib))
+    init = next(l.initializer for l in export_report.sparsity.layers if l.layer == "model.layers.1.mlp.down_proj")
+    packed, scales = computed["model.layers.1.mlp.down_proj"]
+    graph = onnx.load(str(tmp_path / "gptq" / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    assert np.array_equal(inits[init + "_Q4"].reshape(packed.shape), packed)
+
+    # and reproduces the PyTorch model's logits better than round-to-nearest on unseen text
+    from transformers import AutoTokenizer
+
+    from edgeprune.data import eval_windows, load_text
+
+    reference = AutoModelForCausalLM.from_pretrained(pruned_llama_dir).eval()
+    ids = eval_windows(AutoTokenizer.from_pretrained(pruned_llama_dir), load_text("pydoc", "eval"), 64, 1).numpy()
+    assert _logit_error(tmp_path / "gptq", reference, ids) < _logit_error(tmp_path / "rtn", reference, ids)
+
+
+def test_quantize_folder_bad_input(pruned_llama_dir, pruned_llama_onnx, tmp_path):
+    from edgeprune.cli import app
+
+    src, _ = pruned_llama_onnx
+    cases = [
+        ([str(pruned_llama_dir)], "has no model.onnx"),
+        ([str(src), "--scheme", "int3"], "unknown quantisation 'int3'"),
+        ([str(src), "--method", "awq"], "unknown int4 method 'awq'"),
+    ]
+    for args, needle in cases:
+        result = runner.invoke(app, ["quantize", *args, "--out", str(tmp_path / "q")])
+        assert result.exit_code == 2 and needle in error_line(result), result.output
+        assert not (tmp_path / "q").exists()
+    ok = runner.invoke(app, ["quantize", str(src), "--out", str(tmp_path / "q"), "--method", "rtn", "--no-verify"])
+    assert ok.exit_code == 0, ok.output
+    again = runner.invoke(app, ["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "q2")])
+    assert again.exit_code == 2 and "is already quantised (int4)" in error_line(again)

@@ -11,10 +11,11 @@ import contextlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeprune.data import CalibConfig
 from edgeprune.errors import EdgepruneError
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ _TASKS = {"text-generation": "text-generation-with-past", "feature-extraction": 
 
 
 QUANT_SCHEMES = ("int8", "int4")
+INT4_METHODS = ("gptq", "rtn")
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,12 @@ class QuantizeConfig:
     symmetric: bool = True  # int4: symmetric codes (zero point 8) or an asymmetric zero point per block
     head: bool = True  # int4: also the token embedding and the LM head (one shared 4-bit table when tied)
     accuracy_level: int = 4  # int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPU), 0 = fp32 as stored
+    method: str = "gptq"  # int4 (symmetric): gptq = calibrated codes (pruned zeros held at 0), rtn = round to nearest
+    calib: CalibConfig = field(default_factory=CalibConfig)  # int4 gptq: calibration text
 
     def __post_init__(self):
+        if self.method not in INT4_METHODS:
+            raise EdgepruneError(f"unknown int4 method '{self.method}'", f"use one of {', '.join(INT4_METHODS)}")
         if self.scheme not in QUANT_SCHEMES:
             raise EdgepruneError(f"unknown quantisation '{self.scheme}'", "use --quantize int8 or --quantize int4")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
@@ -180,12 +186,21 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
     from edgeprune.onnx.quantization import QuantReport, check_quantized, quantize_graph
     from edgeprune.onnx.verify import verify_decoder, verify_encoder
 
+    from edgeprune.onnx.quantization import gptq_int4
+
     q = config.quantize
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
-    head = quantize_graph(onnx_path, dst, q, external)
+    calibrated = None
+    if q.scheme == "int4" and q.method == "gptq" and q.symmetric:
+        start = time.perf_counter()
+        calibrated = (fp32_inits, gptq_int4(loaded, q))
+        gptq_seconds = round(time.perf_counter() - start, 1)
+    head = quantize_graph(onnx_path, dst, q, external, calibrated)
     settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"]} if q.scheme == "int8" else \
         {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
-         "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
+         "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head,
+         "method": q.method if calibrated else "rtn",
+         **({"calibrated_layers": len(calibrated[1]), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib)} if calibrated else {})}
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:
         if loaded.is_decoder:

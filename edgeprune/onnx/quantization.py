@@ -60,8 +60,86 @@ class QuantReport:
         }
 
 
-def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: bool) -> dict | None:
-    """Write a weight-quantised copy of ``src`` to ``dst``; returns what :func:`quantize_token_embedding` did, if anything."""
+def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Calibrated int4 codes for every prunable linear: GPTQ, block by block, on the model's own outputs.
+
+    Each block's linears are quantised from Hessians of their inputs (calibration text run through the
+    already-quantised blocks before it); the pruned (exactly zero) weights are held at code 0 and their
+    removal error is spread too. Returns layer → (MatMulNBits B [out, in/block, block/2] uint8, scales
+    [out, in/block]); the loaded model is not changed.
+    """
+    import copy
+
+    from edgeprune.data import calibration_batch
+    from edgeprune.pruning.kernels import Hessian, Int4Grid, obs_prune
+
+    model = copy.deepcopy(loaded.model).float().eval()
+    adapter = loaded.adapter
+    ids = calibration_batch(loaded.tokenizer, config.calib)
+    spec = parse_sparsity("0.5")  # unused: every mask is fixed (keep = weight != 0)
+    out = {}
+    blocks = adapter.blocks(model)
+    with torch.no_grad():
+        hidden, context = adapter.embed(model, ids)
+        for b, block in enumerate(blocks):
+            stages = adapter.stages(block)
+            stats, hooks = [], []
+            for stage in stages:
+                first = next(iter(stage.values()))
+                h = Hessian(first.in_features)
+                stats.append(h)
+                hooks.append(first.register_forward_hook(lambda _m, inputs, _o, h=h: h.add(inputs[0])))
+            try:
+                adapter.run_block(block, hidden, context)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            prefix = adapter.block_prefix(model, b)
+            for stage, h in zip(stages, stats):
+                hessian = h.value
+                for name, linear in stage.items():
+                    weight = linear.weight.data
+                    if weight.shape[1] % config.block_size:
+                        continue  # ORT pads such a layer; it keeps round-to-nearest codes
+                    grid = Int4Grid(*weight.shape, group=config.block_size)
+                    linear.weight.data, _ = obs_prune(weight, hessian, spec, keep=weight != 0, quantizer=grid)
+                    codes = (grid.codes.to(torch.int16) + 8).to(torch.uint8).numpy()
+                    codes = codes.reshape(codes.shape[0], -1, config.block_size)
+                    out[f"{prefix}.{name}"] = (codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32))
+            hidden = adapter.run_block(block, hidden, context)
+            if progress:
+                progress(b + 1, len(blocks))
+    return out
+
+
+def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tuple[np.ndarray, np.ndarray]], block: int) -> int:
+    """Put computed codes and scales into the MatMulNBits initialisers ORT's quantiser made; returns layers replaced."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.input[1]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
+    done = 0
+    for layer, (packed, scales) in computed.items():
+        init = layers.get(layer)
+        node = nodes.get(f"{init}_Q4") if init else None
+        if node is None or len(node.input) > 3 and node.input[3]:
+            continue  # not quantised, or asymmetric (zero points): keep ORT's codes
+        attrs = {a.name: a.i for a in node.attribute}
+        if attrs.get("block_size") != block or (attrs["N"], attrs["K"]) != (packed.shape[0], packed.shape[1] * block):
+            continue
+        b, sc = inits[node.input[1]], inits[node.input[2]]
+        b.CopyFrom(numpy_helper.from_array(packed.reshape(numpy_helper.to_array(b).shape), b.name))
+        sc.CopyFrom(numpy_helper.from_array(scales.reshape(numpy_helper.to_array(sc).shape), sc.name))
+        done += 1
+    return done
+
+
+def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: bool,
+                   calibrated: tuple[dict, dict] | None = None) -> dict | None:
+    """Write a weight-quantised copy of ``src`` to ``dst``; returns what :func:`quantize_token_embedding` did, if anything.
+
+    ``calibrated`` = (layer → initializer, layer → (codes, scales)) replaces the round-to-nearest int4 codes of
+    those layers with calibrated ones (see :func:`gptq_int4`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if config.scheme == "int8":
@@ -84,6 +162,11 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
     finally:
         log.setLevel(level)
     head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level) if config.head else None
+    if calibrated is not None:
+        layers, computed = calibrated
+        replaced = replace_int4_weights(quantizer.model.model, layers, computed, config.block_size)
+        if replaced != len(computed):
+            raise RuntimeError(f"calibrated int4 codes fit {replaced} of {len(computed)} MatMulNBits layers")  # a bug, not input
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return head
 

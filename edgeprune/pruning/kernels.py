@@ -96,6 +96,34 @@ def _damped_inverse_cholesky(hessian: torch.Tensor, weight: torch.Tensor, percda
     return torch.linalg.cholesky(Hinv, upper=True).float()
 
 
+class Int4Grid:
+    """Symmetric 4-bit codes in groups of ``group`` input columns, as ONNX Runtime's MatMulNBits reads them.
+
+    Each row's group gets scale = (its largest-magnitude value) / -8, chosen when the OBS sweep reaches the
+    group (so from weights already updated for earlier columns' errors; GPTQ's group-wise scheme). Code
+    ``q`` in [-8, 7] dequantises to ``q·scale``: 0 stays exactly 0. ``codes`` / ``scales`` hold the result.
+    """
+
+    def __init__(self, rows: int, cols: int, group: int = 32, device="cpu"):
+        if cols % group:
+            raise ValueError(f"{cols} columns are not a multiple of the group size {group}")
+        self.group = group
+        self.scales = torch.zeros(rows, cols // group, device=device)
+        self.codes = torch.zeros(rows, cols, dtype=torch.int8, device=device)
+
+    def __call__(self, block: torch.Tensor, pruned: torch.Tensor, local: int, col: int, w: torch.Tensor) -> torch.Tensor:
+        """Quantise column ``col`` (``w``, position ``local`` in ``block``); ``pruned`` marks weights that become 0."""
+        g = col // self.group
+        if col % self.group == 0:
+            values = torch.where(pruned[:, local:local + self.group], 0.0, block[:, local:local + self.group])
+            extreme = values.gather(1, values.abs().argmax(1, keepdim=True)).squeeze(1)
+            self.scales[:, g] = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
+        scale = self.scales[:, g]
+        codes = torch.where(pruned[:, local], 0.0, torch.clamp(torch.round(w / scale), -8, 7))
+        self.codes[:, col] = codes.to(torch.int8)
+        return codes * scale
+
+
 def obs_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -104,6 +132,7 @@ def obs_prune(
     blocksize: int = 128,
     percdamp: float = 0.01,
     per_row: bool = False,
+    quantizer: Int4Grid | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT (Frantar & Alistarh, 2023): OBS pruning with lazy block updates.
 
@@ -113,10 +142,15 @@ def obs_prune(
     remaining columns. If ``keep`` is given the mask is fixed and only the weight
     update runs. ``per_row`` selects the unstructured mask within each row of
     the block instead of across the whole block, so every output row ends
-    with exactly the requested sparsity. Returns (new weight, keep mask).
+    with exactly the requested sparsity. With ``quantizer`` every kept weight is
+    also rounded to its grid and the rounding error spread the same way (GPTQ,
+    Frantar et al. 2022, which SparseGPT combines with pruning in one sweep).
+    Returns (new weight, keep mask).
     """
     W = weight.detach().clone().float()
     rows, cols = W.shape
+    if quantizer is not None and blocksize % quantizer.group:
+        blocksize = quantizer.group * max(1, blocksize // quantizer.group)  # groups must not straddle blocks
     Hinv = _damped_inverse_cholesky(hessian, W, percdamp)
     prune = torch.zeros_like(W, dtype=torch.bool)
     fixed = None if keep is None else ~keep.to(W.device)
@@ -150,7 +184,7 @@ def obs_prune(
             if fixed is None and spec.is_nm and i % spec.m == 0:
                 metric = W1[:, i : i + spec.m] ** 2 / diag[i : i + spec.m].reshape(1, -1) ** 2
                 mask1.scatter_(1, i + torch.topk(metric, n_prune_group, dim=1, largest=False)[1], True)
-            q = w.clone()
+            q = w.clone() if quantizer is None else quantizer(W1, mask1, i, i1 + i, w)
             q[mask1[:, i]] = 0
             Q1[:, i] = q
             err = (w - q) / d
