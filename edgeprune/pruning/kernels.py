@@ -104,10 +104,11 @@ class Int4Grid:
     ``q`` in [-8, 7] dequantises to ``q·scale``: 0 stays exactly 0. ``codes`` / ``scales`` hold the result.
     """
 
-    def __init__(self, rows: int, cols: int, group: int = 32, device="cpu"):
+    def __init__(self, rows: int, cols: int, group: int = 32, device="cpu", shrink: tuple[float, ...] = (1.0,)):
         if cols % group:
             raise ValueError(f"{cols} columns are not a multiple of the group size {group}")
         self.group = group
+        self.shrink = shrink  # candidate scales (fractions of extreme / -8); per row the one with least squared error wins
         self.scales = torch.zeros(rows, cols // group, device=device)
         self.codes = torch.zeros(rows, cols, dtype=torch.int8, device=device)
 
@@ -117,7 +118,17 @@ class Int4Grid:
         if col % self.group == 0:
             values = torch.where(pruned[:, local:local + self.group], 0.0, block[:, local:local + self.group])
             extreme = values.gather(1, values.abs().argmax(1, keepdim=True)).squeeze(1)
-            self.scales[:, g] = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
+            base = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
+            best, best_err = base, None
+            for f in self.shrink:
+                scale = (base * f).unsqueeze(1)
+                err = (torch.clamp(torch.round(values / scale), -8, 7) * scale - values).pow(2).sum(1)
+                if best_err is None:
+                    best, best_err = base * f, err
+                else:
+                    better = err < best_err
+                    best, best_err = torch.where(better, base * f, best), torch.where(better, err, best_err)
+            self.scales[:, g] = best
         scale = self.scales[:, g]
         codes = torch.where(pruned[:, local], 0.0, torch.clamp(torch.round(w / scale), -8, 7))
         self.codes[:, col] = codes.to(torch.int8)
