@@ -1,9 +1,11 @@
 """Does `edgeprune profile` measure decode speed right? Its decode ms/token (fresh subprocess, KV cache) against a
 plain ONNX Runtime greedy loop timed here, in the same run (plain loop before and after, to see drift on a shared CPU).
 
-    python benchmarks/profile_agreement.py bench-out/onnx_int4-smollm2-135m --threads 1 --prompt 128 --tokens 32
+    python benchmarks/profile_agreement.py runs/dense-onnx runs/2of4-onnx runs/int4-onnx --threads 2 --prompt 128 --tokens 32
 
-Writes bench-out/profile_agreement-<name>.json and .md.
+All graphs are profiled by one `profile` call (its comparison report is kept); each graph's plain loop runs
+before and after it. Writes bench-out/profile_agreement-<names>.json and .md; exit 1 if any ratio is off
+by more than --tolerance.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -66,52 +67,57 @@ def _summary(values: list[float]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("onnx", help="export folder (model.onnx) or a .onnx file")
+    ap.add_argument("onnx", nargs="+", help="export folders (model.onnx) or .onnx files; all profiled in one `profile` call")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--sequences", type=int, default=2, help="decode sequences of --tokens steps in each measurement")
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--tolerance", type=float, default=0.15, help="largest |profile/plain - 1| that passes")
     ap.add_argument("--out", default="bench-out")
     args = ap.parse_args()
 
-    src = Path(args.onnx)
-    graph = src if src.suffix == ".onnx" else src / "model.onnx"
-    name = f"{graph.parent.name}-{graph.stem}-t{args.threads}"
-    before = plain_decode(graph, args.threads, args.prompt, args.tokens, args.sequences, args.warmup)
+    graphs = [Path(o) if Path(o).suffix == ".onnx" else Path(o) / "model.onnx" for o in args.onnx]
+    name = "-".join(g.parent.name for g in graphs)[:80] + f"-t{args.threads}"
+    before = [plain_decode(g, args.threads, args.prompt, args.tokens, args.sequences, args.warmup) for g in graphs]
     device = DeviceProfile(name="agreement", intra_op_threads=args.threads, warmup=args.warmup, runs=args.tokens * args.sequences)
-    with tempfile.TemporaryDirectory() as tmp:
-        report = profile([src], device, out=Path(tmp) / "r", workload=Workload(prompt_lengths=(args.prompt,), decode_tokens=args.tokens,
-                                                                                 op_profile=False))
-    after = plain_decode(graph, args.threads, args.prompt, args.tokens, args.sequences, args.warmup)
-    run = report.variants[0].runs[0]
-    if not run.ok:
-        print(f"profile failed: {run.reason}", file=sys.stderr)
-        return 1
-    dec = run.decoder[0]
-    plain = _summary(before + after)
-    result = {
-        "graph": str(graph), "threads": args.threads, "prompt_tokens": args.prompt, "decode_tokens": args.tokens,
-        "host": {"cpu": report.host["cpu"], "usable_cores": report.host["usable_cores"], "load_average": list(os.getloadavg())},
-        "profile": {"n": dec.decode.count, "mean": dec.decode.mean, "p50": dec.decode.p50, "sd": dec.decode.sd,
-                    "ttft_p50_ms": dec.prefill.p50, "peak_rss_mb": run.memory.peak_mb},
-        "plain_before": _summary(before), "plain_after": _summary(after), "plain": plain,
-        "ratio_mean": dec.decode.mean / plain["mean"], "ratio_p50": dec.decode.p50 / plain["p50"],
-    }
     out = Path(args.out)
+    report_dir = out / f"profile_agreement-{name}-report"
+    report = profile(args.onnx, device, out=report_dir, overwrite=True,
+                     workload=Workload(prompt_lengths=(args.prompt,), decode_tokens=args.tokens, op_profile=False))
+    after = [plain_decode(g, args.threads, args.prompt, args.tokens, args.sequences, args.warmup) for g in graphs]
+    rows, ok = [], True
+    for graph, variant, b, a in zip(graphs, report.variants, before, after):
+        run = variant.runs[0]
+        if not run.ok:
+            print(f"profile failed for {graph}: {run.reason}", file=sys.stderr)
+            return 1
+        dec = run.decoder[0]
+        plain = _summary(b + a)
+        row = {"graph": str(graph), "profile": {"n": dec.decode.count, "mean": dec.decode.mean, "p50": dec.decode.p50, "sd": dec.decode.sd,
+                                                "ttft_p50_ms": dec.prefill.p50, "peak_rss_mb": run.memory.peak_mb},
+               "plain_before": _summary(b), "plain_after": _summary(a), "plain": plain,
+               "ratio_mean": dec.decode.mean / plain["mean"], "ratio_p50": dec.decode.p50 / plain["p50"]}
+        row["agrees"] = abs(row["ratio_p50"] - 1) <= args.tolerance
+        ok &= row["agrees"]
+        rows.append(row)
+    result = {"threads": args.threads, "prompt_tokens": args.prompt, "decode_tokens": args.tokens, "tolerance": args.tolerance,
+              "host": {"cpu": report.host["cpu"], "usable_cores": report.host["usable_cores"],
+                       "load_average_start": report.host.get("load_average_start"), "load_average_end": list(os.getloadavg())},
+              "report": str(report_dir), "variants": rows, "all_agree": ok}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"profile_agreement-{name}.json", result)
-    md = [f"# profile_agreement: {graph} ({args.threads} thread(s), {args.prompt}-token prompt, {args.tokens} tokens)\n",
-          f"Host: {report.host['cpu']}, cores {report.host['usable_cores']}, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          "(shared machine; other benchmarks were running).\n",
-          "| measurement | n | mean ms/token | p50 ms/token | sd |", "|---|---|---|---|---|"]
-    for label, s in (("edgeprune profile (subprocess)", result["profile"]), ("plain ORT loop, before", result["plain_before"]),
-                     ("plain ORT loop, after", result["plain_after"]), ("plain ORT loop, both", plain)):
-        md.append(f"| {label} | {s['n']} | {s['mean']:.3f} | {s['p50']:.3f} | {s['sd']:.3f} |")
-    md.append(f"\nprofile / plain: mean {result['ratio_mean']:.3f}, p50 {result['ratio_p50']:.3f}\n")
-    (out / f"profile_agreement-{name}.md").write_text("\n".join(md))
+    md = [f"# profile_agreement ({args.threads} thread(s), {args.prompt}-token prompt, {args.tokens} tokens, tolerance {args.tolerance:.0%})\n",
+          f"Host: {report.host['cpu']}, cores {report.host['usable_cores']}, load average at the end "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}. Comparison report: `{report_dir}/report.md`.\n",
+          "| graph | profile p50 ms/token | plain loop p50 (before / after) | profile / plain p50 | mean ratio | agrees |",
+          "|---|---:|---|---:|---:|---|"]
+    for r in rows:
+        md.append(f"| {r['graph']} | {r['profile']['p50']:.3f} | {r['plain']['p50']:.3f} ({r['plain_before']['p50']:.3f} / "
+                  f"{r['plain_after']['p50']:.3f}) | {r['ratio_p50']:.3f} | {r['ratio_mean']:.3f} | {'yes' if r['agrees'] else 'NO'} |")
+    (out / f"profile_agreement-{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -184,13 +184,14 @@ def export_(
     symmetric: bool = typer.Option(True, help="int4: symmetric codes, or --no-symmetric for a zero point per block"),
     quantize_head: bool = typer.Option(True, help="int4: also the token embedding and tied LM head (--no-quantize-head keeps them fp32)"),
     int4_method: str = typer.Option("gptq", help="int4: gptq (calibrated on pydoc text, pruned zeros held) or rtn (round to nearest)"),
+    head_bits: int = typer.Option(8, help="int4: bits for the embedding / LM head table (8 or 4)"),
     ort_format: bool = typer.Option(False, help="also write .ort files and required_operators.config for ORT mobile/minimal builds"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Export MODEL to ONNX (decoders: one merged graph with a KV cache), verified against PyTorch, zeros checked."""
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export as run_export
 
-    quant = QuantizeConfig(quantize, block_size, symmetric, quantize_head, method=int4_method) if quantize else None
+    quant = QuantizeConfig(quantize, block_size, symmetric, quantize_head, method=int4_method, head_bits=head_bits) if quantize else None
     config = ExportConfig(pooling=pooling, verify=verify, quantize=quant, ort_format=ort_format)
     report = run_export(model, out, config, overwrite=overwrite)
     size = sum(b for f, b in report.files.items() if f.startswith("model.onnx")) / 2**20  # the float graph (+ external data)
@@ -330,6 +331,7 @@ def quantize(
     block_size: int = typer.Option(32, help="int4: weights per scale along the input dimension"),
     symmetric: bool = typer.Option(True, help="int4: symmetric codes, or --no-symmetric for a zero point per block"),
     quantize_head: bool = typer.Option(True, help="int4: also the token embedding and tied LM head"),
+    head_bits: int = typer.Option(8, help="int4: bits for the embedding / LM head table (8 or 4)"),
     method: str = typer.Option("gptq", help="int4: gptq (calibrated on --calib text, pruned zeros held) or rtn (round to nearest)"),
     calib: str = typer.Option("pydoc", help="int4 gptq: calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
     verify: bool = typer.Option(True, help="compare with the PyTorch model it was exported from"),
@@ -340,7 +342,7 @@ def quantize(
 
     from edgeprune.data import CalibConfig
 
-    config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib))
+    config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib), head_bits=head_bits)
     report = run_quantize(onnx_dir, out, config, verify=verify, overwrite=overwrite)
     line = f"{report.scheme}: {report.bytes / 2**20:.1f} MiB → {out}/model.onnx; zeros kept: {'yes' if not report.lost else 'no'}"
     if report.quality.get("greedy_tokens_identical_prefix") is not None:

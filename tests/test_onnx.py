@@ -399,12 +399,13 @@ def test_int4_rows_exact_codes_on_a_hand_made_row():
     assert int4_rows(np.zeros((2, 32), np.float32), 32)[1].tolist() == [[0.0], [0.0]]  # all-zero block: scale 0, codes 8
 
 
-def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(pruned_llama_dir, pruned_llama_onnx, tmp_path):
+@pytest.mark.parametrize("bits", [4, 8])
+def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(bits, pruned_llama_dir, pruned_llama_onnx, tmp_path):
     from edgeprune.onnx import QuantizeConfig
     from edgeprune.onnx.quantization import quantize_graph
 
     out = tmp_path / "q"
-    report = export(str(pruned_llama_dir), out, ExportConfig(quantize=QuantizeConfig("int4", head=True)))
+    report = export(str(pruned_llama_dir), out, ExportConfig(quantize=QuantizeConfig("int4", head=True, head_bits=bits)))
     q = report.quantized
     assert all(l.kept_zeros == l.torch_zeros > 0 and l.nm_ok for l in q.layers)
     assert q.settings["embedding"]["tied_heads"] == 1 and "Gather" in q.settings["ops"]
@@ -420,14 +421,16 @@ def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(pruned_l
     quantize_graph(pruned_llama_onnx[0] / "model.onnx", old, QuantizeConfig("int4", head=False), external_data=False)
     assert q.bytes < old.stat().st_size
 
-    # The table dequantises to within one step of the fp32 embedding (half a step, except values clipped to code 15
-    # on the side opposite the block's extreme), and the graph runs and decodes.
+    # The table dequantises to within one step of the fp32 embedding (half a step, except values clipped to the
+    # top code on the side opposite the block's extreme), and the graph runs and decodes.
     from transformers import AutoModelForCausalLM
 
     emb = AutoModelForCausalLM.from_pretrained(pruned_llama_dir).model.embed_tokens.weight.detach().numpy()
     packed, scales = inits[head.input[1]], inits[head.input[2]]
-    codes = np.stack([packed & 0x0F, packed >> 4], -1).reshape(emb.shape).astype(np.float32)
-    deq = ((codes - 8).reshape(emb.shape[0], -1, 32) * scales[..., None]).reshape(emb.shape)
+    assert {a.name: a.i for a in head.attribute}["bits"] == bits
+    codes = np.stack([packed & 0x0F, packed >> 4], -1) if bits == 4 else packed
+    codes = codes.reshape(emb.shape).astype(np.float32)
+    deq = ((codes - (1 << (bits - 1))).reshape(emb.shape[0], -1, 32) * scales[..., None]).reshape(emb.shape)
     step = np.repeat(np.abs(scales), 32, axis=1)
     assert np.all(np.abs(deq - emb) <= step + 1e-7) and np.mean(np.abs(deq - emb) <= step / 2 + 1e-7) > 0.99
     sess = session(out / "model_int4.onnx")
@@ -524,6 +527,7 @@ def test_quantize_folder_bad_input(pruned_llama_dir, pruned_llama_onnx, tmp_path
         ([str(pruned_llama_dir)], "has no model.onnx"),
         ([str(src), "--scheme", "int3"], "unknown quantisation 'int3'"),
         ([str(src), "--method", "awq"], "unknown int4 method 'awq'"),
+        ([str(src), "--head-bits", "3"], "head bits 3 is not 4 or 8"),
     ]
     for args, needle in cases:
         result = runner.invoke(app, ["quantize", *args, "--out", str(tmp_path / "q")])

@@ -40,7 +40,8 @@ class QuantizeConfig:
     scheme: str = "int8"
     block_size: int = 32  # int4: weights per scale along the input dimension
     symmetric: bool = True  # int4: symmetric codes (zero point 8) or an asymmetric zero point per block
-    head: bool = True  # int4: also the token embedding and the LM head (one shared 4-bit table when tied)
+    head: bool = True  # int4: also the token embedding and the LM head (one shared table when tied)
+    head_bits: int = 8  # int4: bits for that table; 8 keeps the head's quality (4 costs SmolLM2 ~5% perplexity)
     accuracy_level: int = 4  # int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPU), 0 = fp32 as stored
     method: str = "gptq"  # int4 (symmetric): gptq = calibrated codes (pruned zeros held at 0), rtn = round to nearest
     calib: CalibConfig = field(default_factory=CalibConfig)  # int4 gptq: calibration text
@@ -52,6 +53,8 @@ class QuantizeConfig:
             raise EdgepruneError(f"unknown quantisation '{self.scheme}'", "use --quantize int8 or --quantize int4")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise EdgepruneError(f"int4 block size {self.block_size} is not a power of two >= 16", "use 32, 64 or 128")
+        if self.head_bits not in (4, 8):
+            raise EdgepruneError(f"head bits {self.head_bits} is not 4 or 8", "use head_bits = 8 (quality) or 4 (size)")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise EdgepruneError(f"int4 accuracy level {self.accuracy_level} is not one of 0-4", "use 4 (int8 compute) or 0 (fp32)")
 

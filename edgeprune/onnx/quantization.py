@@ -144,8 +144,16 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
 
     if config.scheme == "int8":
         # MatMul only: embeddings (Gather) stay float, as the pruned layers are all MatMuls.
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                         use_external_data_format=external_data)
+        import logging
+
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its "consider pre-processing" advice is about shape inference for QDQ models, not this
+        try:
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+                             use_external_data_format=external_data)
+        finally:
+            root.setLevel(level)
         return None
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -161,7 +169,8 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
         quantizer.process()
     finally:
         log.setLevel(level)
-    head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level) if config.head else None
+    head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level, config.head_bits) \
+        if config.head else None
     if calibrated is not None:
         layers, computed = calibrated
         replaced = replace_int4_weights(quantizer.model.model, layers, computed, config.block_size)
@@ -178,18 +187,28 @@ def int4_rows(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     and scales [rows, cols/block]. Code 8 is zero, so a weight that is exactly 0 stays exactly 0; the
     largest-magnitude value of a block maps to code 0 (scale = value / -8), as ORT's int4 quantiser does.
     """
+    return quantize_rows(weight, block, 4)
+
+
+def quantize_rows(weight: np.ndarray, block: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric ``bits``-bit (4 or 8) block codes of a [rows, cols] table in MatMulNBits' B layout, and scales.
+
+    The zero point is the ops' default (8 for 4 bits, 128 for 8 bits): exactly 0 stays exactly 0, and a
+    block's largest-magnitude value maps to code 0 (scale = value / -zero_point).
+    """
     rows, cols = weight.shape
+    zero = 1 << (bits - 1)
     blocks = weight.reshape(rows, cols // block, block)
     extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[..., None], -1)
-    scales = extreme / -8.0
-    codes = np.clip(np.rint(blocks / np.where(scales == 0, 1, scales)), -8, 7).astype(np.int8) + 8
+    scales = extreme / -float(zero)
+    codes = np.clip(np.rint(blocks / np.where(scales == 0, 1, scales)), -zero, zero - 1).astype(np.int16) + zero
     codes = codes.astype(np.uint8)
-    packed = codes[..., 0::2] | (codes[..., 1::2] << 4)
+    packed = codes[..., 0::2] | (codes[..., 1::2] << 4) if bits == 4 else codes
     return packed, scales[..., 0].astype(weight.dtype)
 
 
-def quantize_token_embedding(model, block: int, accuracy_level: int = 0) -> dict | None:
-    """Quantise the token embedding (the Gather reading ``input_ids``) to 4 bits in place, and the LM head with it.
+def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: int = 4) -> dict | None:
+    """Quantise the token embedding (the Gather reading ``input_ids``) to ``bits`` (4 or 8) in place, and the LM head with it.
 
     A tied head appears in the export as ``MatMul(x, Transpose(embedding))``; it becomes a MatMulNBits that
     reads the same packed table as the GatherBlockQuantized, so the file holds the table once (scales twice,
@@ -208,8 +227,8 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0) -> dict
     if weight.ndim != 2 or weight.shape[1] % block or weight.dtype != np.float32:
         return None
     rows, cols = weight.shape
-    packed, scales = int4_rows(weight, block)
-    q_name, s_name = table + "_Q4", table + "_scales"
+    packed, scales = quantize_rows(weight, block, bits)
+    q_name, s_name = table + f"_Q{bits}", table + "_scales"
     graph.initializer.extend([
         numpy_helper.from_array(packed, q_name),
         numpy_helper.from_array(scales, s_name),  # MatMulNBits: [rows, blocks]
@@ -228,12 +247,12 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0) -> dict
             # Codes gathered as [.., blocks, block], then back to [.., cols]; ids are [batch, seq] in these graphs.
             new_nodes += [
                 helper.make_node("GatherBlockQuantized", [q_name, node.input[1], s_name + "_3d"], [node.output[0] + "_blocks"],
-                                 name=node.name + "_Q4", domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=block, bits=4),
+                                 name=node.name + "_Q4", domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=block, bits=bits),
                 helper.make_node("Reshape", [node.output[0] + "_blocks", table + "_gather_shape"], [node.output[0]], name=node.name + "_Q4_reshape"),
             ]
         elif node.op_type == "MatMul" and node.input[1] in heads:
             new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], q_name, s_name], list(node.output), name=node.name + "_Q4",
-                                              domain="com.microsoft", K=cols, N=rows, bits=4, block_size=block,
+                                              domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
                                               **({"accuracy_level": accuracy_level} if accuracy_level else {})))
             tied_heads += 1
         else:
@@ -247,7 +266,7 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0) -> dict
         graph.initializer.remove(inits[table])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return {"table": table, "shape": [rows, cols], "tied_heads": tied_heads, "block_size": block}
+    return {"table": table, "shape": [rows, cols], "tied_heads": tied_heads, "block_size": block, "bits": bits}
 
 
 def _nibbles(packed: np.ndarray, count: int) -> np.ndarray:
