@@ -2,7 +2,7 @@
 
 import torch
 
-from edgeprune.pruning.kernels import ColumnSquareNorms, Hessian, Int4Grid, dense_target_weight, layerwise_mask, obs_prune, wanda_scores
+from edgeprune.pruning.kernels import ColumnSquareNorms, Hessian, Int4Grid, dense_target_weight, gptq_int4, layerwise_mask, obs_prune, wanda_scores
 from edgeprune.sparsity import SparsitySpec, topk_mask
 
 
@@ -91,3 +91,19 @@ def test_gptq_int4_is_on_grid_keeps_zeros_and_beats_round_to_nearest():
     err_gptq = ((quantised - weight) @ x.T).pow(2).sum()
     err_rtn = ((_rtn_int4(weight, 32) - weight) @ x.T).pow(2).sum()
     assert err_gptq < 0.8 * err_rtn
+
+
+def test_gptq_act_order_keeps_zeros_and_static_group_scales():
+    torch.manual_seed(1)
+    x = torch.randn(2048, 64) @ torch.randn(64, 64)
+    h = Hessian(64)
+    h.add(x)
+    weight = torch.randn(16, 64)
+    weight[:, 1::4] = 0
+    new, grid = gptq_int4(weight, h.value, group=32, act_order=True)
+    assert torch.equal(new[:, 1::4], torch.zeros(16, 16))
+    assert torch.equal(new, grid.codes.float() * grid.scales.repeat_interleave(32, dim=1))  # natural column order
+    extreme = weight.reshape(16, 2, 32).abs().amax(2)
+    assert torch.allclose(grid.scales.abs(), extreme / 8)  # static: from the original weights
+    err = ((new - weight) @ x.T).pow(2).sum()
+    assert err < ((_rtn_int4(weight, 32) - weight) @ x.T).pow(2).sum()

@@ -6,6 +6,8 @@ found with ``importlib.util.find_spec`` and never imported.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -131,6 +133,31 @@ def _read_model_type(kind: str, path: Path | None, gguf_file: str | None, source
         raise EdgepruneError(f"cannot load '{source}': {str(exc).splitlines()[0]}", "use a supported GGUF or HF folder") from None
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No GGUF de-quantisation progress bar and no tokenizer 'legacy behaviour' notice on every load; errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils  # its bar is plain tqdm, outside hf_logging
+    except ImportError:
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model for pruning or evaluation: a folder, a .gguf file, a Hub id, or a bundled alias."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -142,8 +169,9 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
     where = source if kind == "hub" else str(path)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        model = model_cls.from_pretrained(where, dtype=dtype, attn_implementation="sdpa", **extra)
-        tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+        with _quiet_transformers():
+            model = model_cls.from_pretrained(where, dtype=dtype, attn_implementation="sdpa", **extra)
+            tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     except OSError as exc:
         raise EdgepruneError(f"cannot load model '{source}': {str(exc).splitlines()[0]}", "check the path or id") from None
     model.eval().to(device)

@@ -45,6 +45,9 @@ class QuantizeConfig:
     accuracy_level: int = 4  # int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPU), 0 = fp32 as stored
     method: str = "gptq"  # int4 (symmetric): gptq = calibrated codes (pruned zeros held at 0), rtn = round to nearest
     calib: CalibConfig = field(default_factory=CalibConfig)  # int4 gptq: calibration text
+    act_order: bool = False  # int4 gptq: columns by decreasing input energy, with static group scales
+    sequential: bool = False  # int4 gptq: each stage of a block sees the block's already-quantised earlier stages
+    damp: float = 0.01  # int4 gptq: Hessian dampening, as a fraction of its mean diagonal
 
     def __post_init__(self):
         if self.method not in INT4_METHODS:

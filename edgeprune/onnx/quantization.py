@@ -64,45 +64,49 @@ def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[
     """Calibrated int4 codes for every prunable linear: GPTQ, block by block, on the model's own outputs.
 
     Each block's linears are quantised from Hessians of their inputs (calibration text run through the
-    already-quantised blocks before it); the pruned (exactly zero) weights are held at code 0 and their
-    removal error is spread too. Returns layer → (MatMulNBits B [out, in/block, block/2] uint8, scales
-    [out, in/block]); the loaded model is not changed.
+    already-quantised blocks before it, and with ``config.sequential`` through the block's already-quantised
+    earlier stages too); pruned (exactly zero) weights are held at code 0 and their removal error is
+    spread as well. Returns layer → (MatMulNBits B [out, in/block, block/2] uint8, scales [out, in/block]);
+    the loaded model is not changed.
     """
     import copy
 
     from edgeprune.data import calibration_batch
-    from edgeprune.pruning.kernels import Hessian, Int4Grid, obs_prune
+    from edgeprune.pruning.kernels import Hessian, gptq_int4 as gptq
 
     model = copy.deepcopy(loaded.model).float().eval()
     adapter = loaded.adapter
     ids = calibration_batch(loaded.tokenizer, config.calib)
-    spec = parse_sparsity("0.5")  # unused: every mask is fixed (keep = weight != 0)
     out = {}
     blocks = adapter.blocks(model)
+
+    def stage_hessians(block, stages, hidden, context) -> list:
+        stats, hooks = [], []
+        for stage in stages:
+            first = next(iter(stage.values()))
+            h = Hessian(first.in_features)
+            stats.append(h)
+            hooks.append(first.register_forward_hook(lambda _m, inputs, _o, h=h: h.add(inputs[0])))
+        try:
+            adapter.run_block(block, hidden, context)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return stats
+
     with torch.no_grad():
         hidden, context = adapter.embed(model, ids)
         for b, block in enumerate(blocks):
             stages = adapter.stages(block)
-            stats, hooks = [], []
-            for stage in stages:
-                first = next(iter(stage.values()))
-                h = Hessian(first.in_features)
-                stats.append(h)
-                hooks.append(first.register_forward_hook(lambda _m, inputs, _o, h=h: h.add(inputs[0])))
-            try:
-                adapter.run_block(block, hidden, context)
-            finally:
-                for hook in hooks:
-                    hook.remove()
             prefix = adapter.block_prefix(model, b)
-            for stage, h in zip(stages, stats):
-                hessian = h.value
+            stats = None if config.sequential else stage_hessians(block, stages, hidden, context)
+            for s, stage in enumerate(stages):
+                hessian = (stage_hessians(block, stages, hidden, context) if config.sequential else stats)[s].value
                 for name, linear in stage.items():
                     weight = linear.weight.data
                     if weight.shape[1] % config.block_size:
                         continue  # ORT pads such a layer; it keeps round-to-nearest codes
-                    grid = Int4Grid(*weight.shape, group=config.block_size)
-                    linear.weight.data, _ = obs_prune(weight, hessian, spec, keep=weight != 0, quantizer=grid)
+                    linear.weight.data, grid = gptq(weight, hessian, config.block_size, config.act_order, config.damp)
                     codes = (grid.codes.to(torch.int16) + 8).to(torch.uint8).numpy()
                     codes = codes.reshape(codes.shape[0], -1, config.block_size)
                     out[f"{prefix}.{name}"] = (codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32))

@@ -99,40 +99,61 @@ def _damped_inverse_cholesky(hessian: torch.Tensor, weight: torch.Tensor, percda
 class Int4Grid:
     """Symmetric 4-bit codes in groups of ``group`` input columns, as ONNX Runtime's MatMulNBits reads them.
 
-    Each row's group gets scale = (its largest-magnitude value) / -8, chosen when the OBS sweep reaches the
-    group (so from weights already updated for earlier columns' errors; GPTQ's group-wise scheme). Code
-    ``q`` in [-8, 7] dequantises to ``q·scale``: 0 stays exactly 0. ``codes`` / ``scales`` hold the result.
+    Code ``q`` in [-8, 7] dequantises to ``q·scale``, so 0 stays exactly 0; a group's scale is its
+    largest-magnitude kept value / -8. Without ``order`` the columns arrive in their natural order and
+    each group's scale is chosen when the sweep reaches it, from the already-updated weights (GPTQ's
+    group-wise scheme). With ``order`` (the column processed at each step, GPTQ's act-order) the scales
+    are fixed up front from ``weight`` ("static groups"), since a group's columns arrive scattered.
+    ``codes`` [rows, cols] and ``scales`` [rows, cols/group] are in the natural column order.
     """
 
-    def __init__(self, rows: int, cols: int, group: int = 32, device="cpu", shrink: tuple[float, ...] = (1.0,)):
+    def __init__(self, rows: int, cols: int, group: int = 32, device="cpu", order: torch.Tensor | None = None,
+                 weight: torch.Tensor | None = None):
         if cols % group:
             raise ValueError(f"{cols} columns are not a multiple of the group size {group}")
         self.group = group
-        self.shrink = shrink  # candidate scales (fractions of extreme / -8); per row the one with least squared error wins
-        self.scales = torch.zeros(rows, cols // group, device=device)
+        self.order = order
         self.codes = torch.zeros(rows, cols, dtype=torch.int8, device=device)
+        self.scales = torch.zeros(rows, cols // group, device=device)
+        if order is not None:
+            blocks = weight.reshape(rows, cols // group, group)
+            extreme = blocks.gather(2, blocks.abs().argmax(2, keepdim=True)).squeeze(2)
+            self.scales = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
 
     def __call__(self, block: torch.Tensor, pruned: torch.Tensor, local: int, col: int, w: torch.Tensor) -> torch.Tensor:
-        """Quantise column ``col`` (``w``, position ``local`` in ``block``); ``pruned`` marks weights that become 0."""
-        g = col // self.group
-        if col % self.group == 0:
+        """Quantise column ``col`` of the sweep (``w``, position ``local`` in ``block``); ``pruned`` marks weights that become 0."""
+        orig = col if self.order is None else int(self.order[col])
+        g = orig // self.group
+        if self.order is None and col % self.group == 0:
             values = torch.where(pruned[:, local:local + self.group], 0.0, block[:, local:local + self.group])
             extreme = values.gather(1, values.abs().argmax(1, keepdim=True)).squeeze(1)
-            base = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
-            best, best_err = base, None
-            for f in self.shrink:
-                scale = (base * f).unsqueeze(1)
-                err = (torch.clamp(torch.round(values / scale), -8, 7) * scale - values).pow(2).sum(1)
-                if best_err is None:
-                    best, best_err = base * f, err
-                else:
-                    better = err < best_err
-                    best, best_err = torch.where(better, base * f, best), torch.where(better, err, best_err)
-            self.scales[:, g] = best
+            self.scales[:, g] = torch.where(extreme == 0, torch.ones_like(extreme), extreme / -8.0)
         scale = self.scales[:, g]
         codes = torch.where(pruned[:, local], 0.0, torch.clamp(torch.round(w / scale), -8, 7))
-        self.codes[:, col] = codes.to(torch.int8)
+        self.codes[:, orig] = codes.to(torch.int8)
         return codes * scale
+
+
+def gptq_int4(weight: torch.Tensor, hessian: torch.Tensor, group: int = 32, act_order: bool = False,
+              percdamp: float = 0.01) -> tuple[torch.Tensor, Int4Grid]:
+    """GPTQ to symmetric int4 (Frantar et al., 2022) with every exactly-zero (pruned) weight held at 0.
+
+    Returns the dequantised weight and the grid holding codes and scales. ``act_order`` processes columns
+    by decreasing Hessian diagonal (the inputs with the most energy first) with static group scales.
+    """
+    keep = weight != 0
+    rows, cols = weight.shape
+    spec = SparsitySpec(0.0)  # the mask is fixed: keep
+    if not act_order:
+        grid = Int4Grid(rows, cols, group, weight.device)
+        new, _ = obs_prune(weight, hessian, spec, keep=keep, quantizer=grid, percdamp=percdamp)
+        return new, grid
+    order = torch.argsort(torch.diag(hessian), descending=True, stable=True)
+    grid = Int4Grid(rows, cols, group, weight.device, order=order, weight=weight.float())
+    new, _ = obs_prune(weight[:, order], hessian[order][:, order], spec, keep=keep[:, order], quantizer=grid, percdamp=percdamp)
+    out = torch.empty_like(new)
+    out[:, order] = new
+    return out, grid
 
 
 def obs_prune(
