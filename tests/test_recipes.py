@@ -220,13 +220,42 @@ def test_run_cli_errors_leave_no_run_folder(tmp_path):
 
 
 def test_unwritable_out_is_a_clear_error(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    result = runner.invoke(app, ["run", "smollm2-135m-dense-int4", "--out", str(a_file / "run")])  # works as root too
+    assert result.exit_code == 2 and "cannot write to" in error_line(result)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as root: permissions are not enforced")
-        result = runner.invoke(app, ["run", "smollm2-135m-dense-int4", "--out", str(locked / "run")])
-        assert result.exit_code == 2 and "cannot write to" in error_line(result)
+        if not os.access(locked, os.W_OK):  # root ignores permissions
+            result = runner.invoke(app, ["run", "smollm2-135m-dense-int4", "--out", str(locked / "run")])
+            assert result.exit_code == 2 and "cannot write to" in error_line(result)
     finally:
         locked.chmod(0o700)
+
+
+def test_disk_full_during_a_step_leaves_no_half_written_step(tiny_llama_dir, tiny_device, tmp_path, monkeypatch):
+    import errno
+
+    from edgeprune import recipes
+
+    recipe = recipes_dir() / "smollm2-135m-dense-int4.toml"
+    sets = _tiny_sets(recipe, tiny_llama_dir)
+    real = recipes.STEPS.get("quantize").run
+
+    def full_disk(ctx, config, out):
+        real(ctx, config, out)  # the step writes its files, then the disk fills up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    import dataclasses
+
+    monkeypatch.setitem(recipes.STEPS._items, "quantize", dataclasses.replace(recipes.STEPS.get("quantize"), run=full_disk))
+    out = tmp_path / "run"
+    with pytest.raises(EdgepruneError, match="No space left on device"):
+        run_recipe(recipe, out, devices=[tiny_device], sets=sets)
+    assert (out / "01-dense-export" / "meta.json").is_file()  # finished steps are kept
+    assert not (out / "03-quantize").exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+    monkeypatch.undo()
+    result = run_recipe(recipe, out, devices=[tiny_device], sets=sets)
+    assert "01-dense-export" in result.reused and "03-quantize" in result.ran
