@@ -493,8 +493,9 @@ def test_quantize_folder_gptq_keeps_zeros_and_beats_round_to_nearest(tiny_llama_
     export_report = export(str(pruned_llama_dir), src)
     calib = CalibConfig(samples=8, seqlen=64)
     reports = {}
-    for method in ("gptq", "rtn"):  # fp32 head and fp32 compute: compare the linears' codes only
-        reports[method] = quantize(src, tmp_path / method, QuantizeConfig("int4", method=method, calib=calib, head=False, accuracy_level=0))
+    for method in ("gptq", "rtn"):  # fp32 head, fp32 compute, all 4-bit: compare the linears' codes only
+        config = QuantizeConfig("int4", method=method, calib=calib, head=False, accuracy_level=0, eight_bit_budget=0)
+        reports[method] = quantize(src, tmp_path / method, config)
         assert not reports[method].lost and all(l.kept_zeros == l.torch_zeros > 0 for l in reports[method].layers)
         meta = json.loads((tmp_path / method / "edgeprune.json").read_text())["export"]["quantized"]
         assert meta["file"] == "model.onnx" and meta["settings"]["method"] == method
@@ -502,12 +503,23 @@ def test_quantize_folder_gptq_keeps_zeros_and_beats_round_to_nearest(tiny_llama_
     assert (tmp_path / "gptq" / "tokenizer.json").is_file()  # carried over
 
     # the graph holds exactly the calibrated codes
-    computed = gptq_int4(load_model(str(pruned_llama_dir), device="cpu"), QuantizeConfig("int4", calib=calib))
+    computed = gptq_int4(load_model(str(pruned_llama_dir), device="cpu"), QuantizeConfig("int4", calib=calib, eight_bit_budget=0))
     init = next(l.initializer for l in export_report.sparsity.layers if l.layer == "model.layers.1.mlp.down_proj")
-    packed, scales = computed["model.layers.1.mlp.down_proj"]
+    packed, scales, bits = computed["model.layers.1.mlp.down_proj"]
     graph = onnx.load(str(tmp_path / "gptq" / "model.onnx"))
     inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
-    assert np.array_equal(inits[init + "_Q4"].reshape(packed.shape), packed)
+    assert bits == 4 and np.array_equal(inits[init + "_Q4"].reshape(packed.shape), packed)
+
+    # with an 8-bit budget the layers with the largest GPTQ error move to 8 bits, zeros still exact
+    mixed = quantize(src, tmp_path / "mixed", QuantizeConfig("int4", calib=calib, eight_bit_budget=0.2))
+    eight = json.loads((tmp_path / "mixed" / "edgeprune.json").read_text())["export"]["quantized"]["settings"]["eight_bit_layers"]
+    assert eight and not mixed.lost and all(l.kept_zeros == l.torch_zeros > 0 for l in mixed.layers)
+    init8 = next(l.initializer for l in export_report.sparsity.layers if l.layer == eight[0])
+    graph8 = onnx.load(str(tmp_path / "mixed" / "model.onnx")).graph
+    node = next(n for n in graph8.node if n.op_type == "MatMulNBits" and n.input[1] == init8 + "_Q4")
+    attrs = {a.name: a.i for a in node.attribute}
+    b8 = next(numpy_helper.to_array(t) for t in graph8.initializer if t.name == node.input[1])
+    assert attrs["bits"] == 8 and b8.size == attrs["N"] * attrs["K"]  # one byte per weight
 
     # and reproduces the PyTorch model's logits better than round-to-nearest on unseen text
     from transformers import AutoTokenizer

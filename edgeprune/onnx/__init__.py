@@ -45,7 +45,8 @@ class QuantizeConfig:
     accuracy_level: int = 4  # int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPU), 0 = fp32 as stored
     method: str = "gptq"  # int4 (symmetric): gptq = calibrated codes (pruned zeros held at 0), rtn = round to nearest
     calib: CalibConfig = field(default_factory=CalibConfig)  # int4 gptq: calibration text
-    act_order: bool = False  # int4 gptq: columns by decreasing input energy, with static group scales
+    act_order: bool = True  # int4 gptq: columns by decreasing input energy, with static group scales
+    eight_bit_budget: float = 0.04  # int4 gptq: share of linear weights that may stay at 8 bits (largest GPTQ error first)
     sequential: bool = False  # int4 gptq: each stage of a block sees the block's already-quantised earlier stages
     damp: float = 0.01  # int4 gptq: Hessian dampening, as a fraction of its mean diagonal
 
@@ -56,6 +57,8 @@ class QuantizeConfig:
             raise EdgepruneError(f"unknown quantisation '{self.scheme}'", "use --quantize int8 or --quantize int4")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise EdgepruneError(f"int4 block size {self.block_size} is not a power of two >= 16", "use 32, 64 or 128")
+        if not 0 <= self.eight_bit_budget < 1:
+            raise EdgepruneError(f"eight_bit_budget {self.eight_bit_budget} is not in [0, 1)", "use e.g. 0.04, or 0 for all 4-bit")
         if self.head_bits not in (4, 8):
             raise EdgepruneError(f"head bits {self.head_bits} is not 4 or 8", "use head_bits = 8 (quality) or 4 (size)")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
@@ -206,7 +209,8 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
         {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
          "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head,
          "method": q.method if calibrated else "rtn",
-         **({"calibrated_layers": len(calibrated[1]), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib)} if calibrated else {})}
+         **({"calibrated_layers": len(calibrated[1]), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
+             "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in calibrated[1].items() if c[2] == 8)} if calibrated else {})}
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:
         if loaded.is_decoder:

@@ -60,14 +60,16 @@ class QuantReport:
         }
 
 
-def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Calibrated int4 codes for every prunable linear: GPTQ, block by block, on the model's own outputs.
 
     Each block's linears are quantised from Hessians of their inputs (calibration text run through the
     already-quantised blocks before it, and with ``config.sequential`` through the block's already-quantised
     earlier stages too); pruned (exactly zero) weights are held at code 0 and their removal error is
-    spread as well. Returns layer → (MatMulNBits B [out, in/block, block/2] uint8, scales [out, in/block]);
-    the loaded model is not changed.
+    spread as well. Then the layers with the largest relative output error ‖ΔW X‖² / ‖W X‖² are stored at
+    8 bits instead (round to nearest, lossless in practice), as long as they fit in ``config.eight_bit_budget``
+    of the parameters. Returns layer → (MatMulNBits B [out, in/block, block·bits/8] uint8, scales
+    [out, in/block], bits); the loaded model is not changed.
     """
     import copy
 
@@ -77,7 +79,8 @@ def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[
     model = copy.deepcopy(loaded.model).float().eval()
     adapter = loaded.adapter
     ids = calibration_batch(loaded.tokenizer, config.calib)
-    out = {}
+    out, errors = {}, {}
+    originals = {name: linear.weight.detach().clone() for name, linear in adapter.prunable_linears(model).items()}
     blocks = adapter.blocks(model)
 
     def stage_hessians(block, stages, hidden, context) -> list:
@@ -106,24 +109,34 @@ def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[
                     weight = linear.weight.data
                     if weight.shape[1] % config.block_size:
                         continue  # ORT pads such a layer; it keeps round-to-nearest codes
-                    linear.weight.data, grid = gptq(weight, hessian, config.block_size, config.act_order, config.damp)
+                    new, grid = gptq(weight, hessian, config.block_size, config.act_order, config.damp)
+                    delta, h = (new - weight).double(), hessian.double()
+                    errors[f"{prefix}.{name}"] = float((delta @ h * delta).sum() / (weight.double() @ h * weight.double()).sum().clamp_min(1e-30))
+                    linear.weight.data = new
                     codes = (grid.codes.to(torch.int16) + 8).to(torch.uint8).numpy()
                     codes = codes.reshape(codes.shape[0], -1, config.block_size)
-                    out[f"{prefix}.{name}"] = (codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32))
+                    out[f"{prefix}.{name}"] = (codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32), 4)
             hidden = adapter.run_block(block, hidden, context)
             if progress:
                 progress(b + 1, len(blocks))
+    budget = config.eight_bit_budget * sum(w.numel() for w in originals.values())
+    for name in sorted(errors, key=errors.get, reverse=True):
+        size = originals[name].numel()
+        if size <= budget:
+            budget -= size
+            codes, scales = quantize_rows(originals[name].float().numpy(), config.block_size, 8)
+            out[name] = (codes, scales.astype(np.float32), 8)
     return out
 
 
-def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tuple[np.ndarray, np.ndarray]], block: int) -> int:
-    """Put computed codes and scales into the MatMulNBits initialisers ORT's quantiser made; returns layers replaced."""
-    from onnx import numpy_helper
+def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tuple[np.ndarray, np.ndarray, int]], block: int) -> int:
+    """Put computed codes and scales (4 or 8 bits) into the MatMulNBits nodes ORT's quantiser made; returns layers replaced."""
+    from onnx import helper, numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     nodes = {n.input[1]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
     done = 0
-    for layer, (packed, scales) in computed.items():
+    for layer, (packed, scales, bits) in computed.items():
         init = layers.get(layer)
         node = nodes.get(f"{init}_Q4") if init else None
         if node is None or len(node.input) > 3 and node.input[3]:
@@ -132,8 +145,12 @@ def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tupl
         if attrs.get("block_size") != block or (attrs["N"], attrs["K"]) != (packed.shape[0], packed.shape[1] * block):
             continue
         b, sc = inits[node.input[1]], inits[node.input[2]]
-        b.CopyFrom(numpy_helper.from_array(packed.reshape(numpy_helper.to_array(b).shape), b.name))
+        b.CopyFrom(numpy_helper.from_array(packed.reshape(attrs["N"], attrs["K"] // block, -1), b.name))
         sc.CopyFrom(numpy_helper.from_array(scales.reshape(numpy_helper.to_array(sc).shape), sc.name))
+        if bits != attrs.get("bits", 4):
+            kept = [a for a in node.attribute if a.name != "bits"]
+            node.ClearField("attribute")
+            node.attribute.extend(kept + [helper.make_attribute("bits", bits)])
         done += 1
     return done
 
@@ -300,7 +317,9 @@ def zero_codes(model, base: Path, initializer: str, scheme: str) -> np.ndarray |
     if node is None:
         return None
     attrs = {a.name: a.i for a in node.attribute}
-    k, n, block = attrs["K"], attrs["N"], attrs["block_size"]
+    k, n, block, bits = attrs["K"], attrs["N"], attrs["block_size"], attrs.get("bits", 4)
+    if bits == 8:  # a layer kept at 8 bits: one byte per code, zero point 128
+        return arr(node.input[1]).reshape(n, -1)[:, :k] == np.uint8(128)
     codes = _nibbles(arr(node.input[1]).reshape(n, -1), k)  # [N, K]: out, in
     if len(node.input) > 3 and node.input[3]:
         k_blocks = -(-k // block)
