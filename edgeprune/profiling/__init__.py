@@ -373,6 +373,8 @@ def profile(
                     if trace is not None:
                         run.op_profile = summarize_trace(trace, f"traces/{trace_name}")
                     run.budgets = _budgets(device, run) if run.ok else []
+                    if run.ok and run.reason:
+                        notes.append(f"{v.name} @ {n} thread(s): {run.reason}")
                     if progress and not run.ok:
                         progress(f"  failed: {run.reason}")
                     repeats.append(run)

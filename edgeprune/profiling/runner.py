@@ -97,10 +97,14 @@ def measure(spec: dict, limit_mb: float | None, timeout_s: float, trace_dir: Pat
             last = next((l.strip() for l in reversed(stderr) if l.strip()), "")
             how = f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
             base.reason = f"the measuring process {how} during {watcher.phase}" + (f": {last}" if last else "")
-        if base.reason:
+        saved = tmp / "result.json"
+        profiler_only = watcher.killed_reason and watcher.phase == "op_profile" and saved.is_file()
+        if base.reason and not profiler_only:
             return base, None
-        raw = json.loads((tmp / "result.json").read_text())
+        raw = json.loads(saved.read_text())
         result = _from_worker(raw, spec, watcher)
+        if profiler_only:  # the timed runs finished within the limit; only ORT's profiler session went over
+            result.reason = f"op profile not taken: {watcher.killed_reason}"
         if limit_mb is not None and result.memory.hwm_run_mb > limit_mb:
             # A spike between two samples: the child's own high-water mark still shows it.
             result.status = "failed"

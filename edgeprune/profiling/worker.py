@@ -202,7 +202,10 @@ def run(spec: dict) -> dict:
     del sess
 
     if spec.get("trace_prefix"):
-        # A separate session with ORT's profiler: its overhead must not touch the timings above.
+        # A separate session with ORT's profiler: its overhead must not touch the timings above. The timed
+        # results are saved first, so a profiler session killed for memory does not lose them.
+        result["wall_s"] = time.perf_counter() - start_wall
+        _write(spec["result"], result)
         _phase("op_profile")
         sess = ort.InferenceSession(spec["graph"], _options(ort, spec, spec["trace_prefix"]), providers=spec["providers"])
         if feeds.is_decoder:
@@ -220,14 +223,16 @@ def run(spec: dict) -> dict:
     return result
 
 
+def _write(path: str, result: dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv: list[str]) -> int:
     with open(argv[0]) as f:
         spec = json.load(f)
-    result = run(spec)
-    tmp = spec["result"] + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, spec["result"])
+    _write(spec["result"], run(spec))
     return 0
 
 
