@@ -361,14 +361,15 @@ class _RunProgress:
         self.steps = self.work = None
 
     def __enter__(self):
-        self.progress.start()
         return self
 
     def __exit__(self, *exc):
-        self.progress.stop()
+        if self.steps is not None:  # started at the first step: a run that fails validation prints only its error
+            self.progress.stop()
 
     def step(self, index: int, total: int, label: str) -> None:
         if self.steps is None:
+            self.progress.start()
             self.steps = self.progress.add_task("steps", total=total)
         self.progress.update(self.steps, completed=index - 1, description=f"step {index}/{total} {label}")
         if self.work is not None:
