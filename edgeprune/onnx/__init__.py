@@ -40,7 +40,7 @@ class QuantizeConfig:
     scheme: str = "int8"
     block_size: int = 32  # int4: weights per scale along the input dimension
     symmetric: bool = True  # int4: symmetric codes (zero point 8) or an asymmetric zero point per block
-    head: bool = True  # int4: also the token embedding and the LM head (one shared table when tied)
+    head: bool = True  # also the token embedding and the LM head (one shared block table when tied; int8: 8 bits)
     head_bits: int = 8  # int4: bits for that table; 8 keeps the head's quality (4 costs SmolLM2 ~5% perplexity)
     accuracy_level: int = 4  # int4: MatMulNBits compute type; 4 = int8 activations (fastest on CPU), 0 = fp32 as stored
     method: str = "gptq"  # int4 (symmetric): gptq = calibrated codes (pruned zeros held at 0), rtn = round to nearest
@@ -205,7 +205,8 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
         calibrated = (fp32_inits, gptq_int4(loaded, q))
         gptq_seconds = round(time.perf_counter() - start, 1)
     head = quantize_graph(onnx_path, dst, q, external, calibrated)
-    settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"]} if q.scheme == "int8" else \
+    settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"] + (["Gather"] if head else []),
+                "embedding": head} if q.scheme == "int8" else \
         {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
          "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head,
          "method": q.method if calibrated else "rtn",

@@ -164,7 +164,7 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if config.scheme == "int8":
-        # MatMul only: embeddings (Gather) stay float, as the pruned layers are all MatMuls.
+        # Dynamic int8 for the MatMuls; the token embedding (and a tied head) becomes one 8-bit block table.
         import logging
 
         root = logging.getLogger()
@@ -175,7 +175,15 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
                              use_external_data_format=external_data)
         finally:
             root.setLevel(level)
-        return None
+        if not config.head:
+            return None
+        import onnx
+
+        model = onnx.load(str(dst))
+        head = quantize_token_embedding(model, config.block_size, 0, 8)
+        if head is not None:
+            onnx.save(model, str(dst), save_as_external_data=external_data, all_tensors_to_one_file=True, location=f"{dst.name}.data")
+        return head
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
