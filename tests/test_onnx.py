@@ -399,13 +399,13 @@ def test_int4_rows_exact_codes_on_a_hand_made_row():
     assert int4_rows(np.zeros((2, 32), np.float32), 32)[1].tolist() == [[0.0], [0.0]]  # all-zero block: scale 0, codes 8
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(bits, pruned_llama_dir, pruned_llama_onnx, tmp_path):
+@pytest.mark.parametrize("bits,method", [(4, "rtn"), (8, "gptq"), (4, "gptq")])
+def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(bits, method, pruned_llama_dir, pruned_llama_onnx, tmp_path):
     from edgeprune.onnx import QuantizeConfig
     from edgeprune.onnx.quantization import quantize_graph
 
     out = tmp_path / "q"
-    report = export(str(pruned_llama_dir), out, ExportConfig(quantize=QuantizeConfig("int4", head=True, head_bits=bits)))
+    report = export(str(pruned_llama_dir), out, ExportConfig(quantize=QuantizeConfig("int4", head=True, head_bits=bits, method=method)))
     q = report.quantized
     assert all(l.kept_zeros == l.torch_zeros > 0 and l.nm_ok for l in q.layers)
     assert q.settings["embedding"]["tied_heads"] == 1 and "Gather" in q.settings["ops"]
@@ -413,7 +413,8 @@ def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(bits, pr
     graph = onnx.load(str(out / "model_int4.onnx")).graph
     gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
     head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head"))
-    assert gather.input[0] == head.input[1]  # one packed table for both
+    separate = bits == 4 and method == "gptq"  # then the head has its own GPTQ codes; the lookup keeps round-to-nearest
+    assert (gather.input[0] != head.input[1]) == separate  # else one packed table for both
     inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     assert "model.embed_tokens.weight" not in inits and not any(n.op_type == "Transpose" and n.input[0] == "model.embed_tokens.weight"
                                                                  for n in graph.node)
@@ -426,7 +427,7 @@ def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(bits, pr
     from transformers import AutoModelForCausalLM
 
     emb = AutoModelForCausalLM.from_pretrained(pruned_llama_dir).model.embed_tokens.weight.detach().numpy()
-    packed, scales = inits[head.input[1]], inits[head.input[2]]
+    packed, scales = inits[gather.input[0]], inits[head.input[2] if not separate else gather.input[2]].reshape(emb.shape[0], -1)
     assert {a.name: a.i for a in head.attribute}["bits"] == bits
     codes = np.stack([packed & 0x0F, packed >> 4], -1) if bits == 4 else packed
     codes = codes.reshape(emb.shape).astype(np.float32)

@@ -195,7 +195,7 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
     from edgeprune.onnx.quantization import QuantReport, check_quantized, quantize_graph
     from edgeprune.onnx.verify import verify_decoder, verify_encoder
 
-    from edgeprune.onnx.quantization import gptq_int4
+    from edgeprune.onnx.quantization import HEAD_KEY, gptq_int4
 
     q = config.quantize
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
@@ -210,7 +210,7 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
         {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
          "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head,
          "method": q.method if calibrated else "rtn",
-         **({"calibrated_layers": len(calibrated[1]), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
+         **({"calibrated_layers": len([k for k in calibrated[1] if k != HEAD_KEY]), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
              "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in calibrated[1].items() if c[2] == 8)} if calibrated else {})}
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:

@@ -60,6 +60,9 @@ class QuantReport:
         }
 
 
+HEAD_KEY = "<lm_head>"  # gptq_int4's entry for the tied LM head's own codes
+
+
 def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
     """Calibrated int4 codes for every prunable linear: GPTQ, block by block, on the model's own outputs.
 
@@ -119,9 +122,24 @@ def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[
             hidden = adapter.run_block(block, hidden, context)
             if progress:
                 progress(b + 1, len(blocks))
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if config.head and config.head_bits == 4 and head is not None and head.weight.shape[1] % config.block_size == 0:
+        # The tied LM head, GPTQ'd on the final hidden states of the quantised model; the embedding lookup
+        # keeps its own round-to-nearest table (a lookup has no inputs to calibrate on).
+        h = Hessian(head.in_features)
+        hook = head.register_forward_hook(lambda _m, inputs, _o: h.add(inputs[0]))
+        try:
+            with torch.no_grad():
+                for k in range(0, ids.shape[0], 8):
+                    model(ids[k:k + 8])
+        finally:
+            hook.remove()
+        _, grid = gptq(head.weight.data.float(), h.value, config.block_size, config.act_order, config.damp)
+        codes = (grid.codes.to(torch.int16) + 8).to(torch.uint8).numpy().reshape(head.weight.shape[0], -1, config.block_size)
+        out[HEAD_KEY] = (codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32), 4)
     budget = config.eight_bit_budget * sum(w.numel() for w in originals.values())
     for name in sorted(errors, key=errors.get, reverse=True):
-        size = originals[name].numel()
+        size = originals[name].numel()  # (the head is not a candidate: HEAD_KEY has no error entry)
         if size <= budget:
             budget -= size
             codes, scales = quantize_rows(originals[name].float().numpy(), config.block_size, 8)
@@ -198,10 +216,12 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
         quantizer.process()
     finally:
         log.setLevel(level)
-    head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level, config.head_bits) \
-        if config.head else None
+    head_codes = calibrated[1].get(HEAD_KEY) if calibrated is not None else None
+    head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level, config.head_bits,
+                                    head_codes[:2] if head_codes else None) if config.head else None
     if calibrated is not None:
         layers, computed = calibrated
+        computed = {k: v for k, v in computed.items() if k != HEAD_KEY}
         replaced = replace_int4_weights(quantizer.model.model, layers, computed, config.block_size)
         if replaced != len(computed):
             raise RuntimeError(f"calibrated int4 codes fit {replaced} of {len(computed)} MatMulNBits layers")  # a bug, not input
@@ -236,7 +256,8 @@ def quantize_rows(weight: np.ndarray, block: int, bits: int) -> tuple[np.ndarray
     return packed, scales[..., 0].astype(weight.dtype)
 
 
-def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: int = 4) -> dict | None:
+def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: int = 4,
+                             head_codes: tuple[np.ndarray, np.ndarray] | None = None) -> dict | None:
     """Quantise the token embedding (the Gather reading ``input_ids``) to ``bits`` (4 or 8) in place, and the LM head with it.
 
     A tied head appears in the export as ``MatMul(x, Transpose(embedding))``; it becomes a MatMulNBits that
@@ -258,6 +279,10 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
     rows, cols = weight.shape
     packed, scales = quantize_rows(weight, block, bits)
     q_name, s_name = table + f"_Q{bits}", table + "_scales"
+    head_q, head_s = q_name, s_name
+    if head_codes is not None:  # the head gets its own (calibrated) 4-bit codes; the lookup keeps round-to-nearest
+        head_q, head_s = table + "_head_Q4", table + "_head_scales"
+        graph.initializer.extend([numpy_helper.from_array(head_codes[0], head_q), numpy_helper.from_array(head_codes[1], head_s)])
     graph.initializer.extend([
         numpy_helper.from_array(packed, q_name),
         numpy_helper.from_array(scales, s_name),  # MatMulNBits: [rows, blocks]
@@ -280,8 +305,9 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
                 helper.make_node("Reshape", [node.output[0] + "_blocks", table + "_gather_shape"], [node.output[0]], name=node.name + "_Q4_reshape"),
             ]
         elif node.op_type == "MatMul" and node.input[1] in heads:
-            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], q_name, s_name], list(node.output), name=node.name + "_Q4",
-                                              domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
+            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], head_q, head_s], list(node.output), name=node.name + "_Q4",
+                                              domain="com.microsoft", K=cols, N=rows, bits=4 if head_codes is not None else bits,
+                                              block_size=block,
                                               **({"accuracy_level": accuracy_level} if accuracy_level else {})))
             tied_heads += 1
         else:
@@ -295,7 +321,8 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
         graph.initializer.remove(inits[table])
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return {"table": table, "shape": [rows, cols], "tied_heads": tied_heads, "block_size": block, "bits": bits}
+    return {"table": table, "shape": [rows, cols], "tied_heads": tied_heads, "block_size": block, "bits": bits,
+            "head": "separate 4-bit table (GPTQ)" if head_codes is not None and tied_heads else "shared table"}
 
 
 def _nibbles(packed: np.ndarray, count: int) -> np.ndarray:
