@@ -123,7 +123,8 @@ def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[
             if progress:
                 progress(b + 1, len(blocks))
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if config.head and config.head_bits == 4 and head is not None and head.weight.shape[1] % config.block_size == 0:
+    tied = head is not None and getattr(model.config, "tie_word_embeddings", False)
+    if config.head and config.head_bits == 4 and tied and head.weight.shape[1] % config.block_size == 0:
         # The tied LM head, GPTQ'd on the final hidden states of the quantised model; the embedding lookup
         # keeps its own round-to-nearest table (a lookup has no inputs to calibrate on).
         h = Hessian(head.in_features)
@@ -285,10 +286,9 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
         graph.initializer.extend([numpy_helper.from_array(head_codes[0], head_q), numpy_helper.from_array(head_codes[1], head_s)])
     graph.initializer.extend([
         numpy_helper.from_array(packed, q_name),
-        numpy_helper.from_array(scales, s_name),  # MatMulNBits: [rows, blocks]
         numpy_helper.from_array(scales[..., None], s_name + "_3d"),  # GatherBlockQuantized: one per (row, block)
         numpy_helper.from_array(np.array([0] * 2 + [cols], np.int64), table + "_gather_shape"),
-    ])
+    ] + ([numpy_helper.from_array(scales, s_name)] if head_codes is None else []))  # MatMulNBits' [rows, blocks], when shared
 
     def transposed(node) -> bool:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
