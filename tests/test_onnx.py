@@ -388,15 +388,15 @@ def test_ort_eval_of_a_truncated_graph_is_one_line(tiny_llama_dir, tmp_path):
 
 
 def test_int4_rows_exact_codes_on_a_hand_made_row():
-    from edgeprune.onnx.quantization import int4_rows
+    from edgeprune.onnx.quantization import quantize_rows
 
     row = np.tile(np.array([-8, -4, 0, 2, 7, 0, 1, -1], np.float32), 4)[None] * 0.5  # largest magnitude -4 → scale 0.5
-    packed, scales = int4_rows(row, 32)
+    packed, scales = quantize_rows(row, 32, 4)
     assert packed.shape == (1, 1, 16) and scales.tolist() == [[0.5]]
     codes = np.stack([packed & 0x0F, packed >> 4], -1).reshape(-1)
     assert codes[:8].tolist() == [0, 4, 8, 10, 15, 8, 9, 7]  # value / scale + 8; zeros are code 8
     assert np.array_equal((codes.astype(np.float32) - 8) * 0.5, row[0])
-    assert int4_rows(np.zeros((2, 32), np.float32), 32)[1].tolist() == [[0.0], [0.0]]  # all-zero block: scale 0, codes 8
+    assert quantize_rows(np.zeros((2, 32), np.float32), 32, 4)[1].tolist() == [[0.0], [0.0]]  # all-zero block: scale 0, codes 8
 
 
 @pytest.mark.parametrize("bits,method", [(4, "rtn"), (8, "gptq"), (4, "gptq")])
@@ -486,7 +486,7 @@ def test_quantize_folder_gptq_keeps_zeros_and_beats_round_to_nearest(tiny_llama_
     from edgeprune import CalibConfig, PruneConfig, prune, quantize
     from edgeprune.models.loading import load_model
     from edgeprune.onnx import QuantizeConfig
-    from edgeprune.onnx.quantization import gptq_int4
+    from edgeprune.onnx.quantization import calibrate_int4
 
     pruned_llama_dir = tmp_path / "pruned"
     prune(str(tiny_llama_dir), pruned_llama_dir, PruneConfig(method="wanda", sparsity="2:4", calib=CalibConfig(samples=4, seqlen=32)))
@@ -504,7 +504,7 @@ def test_quantize_folder_gptq_keeps_zeros_and_beats_round_to_nearest(tiny_llama_
     assert (tmp_path / "gptq" / "tokenizer.json").is_file()  # carried over
 
     # the graph holds exactly the calibrated codes
-    computed = gptq_int4(load_model(str(pruned_llama_dir), device="cpu"), QuantizeConfig("int4", calib=calib, eight_bit_budget=0))
+    computed = calibrate_int4(load_model(str(pruned_llama_dir), device="cpu"), QuantizeConfig("int4", calib=calib, eight_bit_budget=0)).layers
     init = next(l.initializer for l in export_report.sparsity.layers if l.layer == "model.layers.1.mlp.down_proj")
     packed, scales, bits = computed["model.layers.1.mlp.down_proj"]
     graph = onnx.load(str(tmp_path / "gptq" / "model.onnx"))

@@ -47,7 +47,6 @@ class QuantizeConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)  # int4 gptq: calibration text
     act_order: bool = True  # int4 gptq: columns by decreasing input energy, with static group scales
     eight_bit_budget: float = 0.04  # int4 gptq: share of linear weights that may stay at 8 bits (largest GPTQ error first)
-    sequential: bool = False  # int4 gptq: each stage of a block sees the block's already-quantised earlier stages
     damp: float = 0.01  # int4 gptq: Hessian dampening, as a fraction of its mean diagonal
 
     def __post_init__(self):
@@ -156,16 +155,22 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
             logging.getLogger(name).setLevel(level)
 
 
-def _check(report: ExportReport, config: ExportConfig) -> None:
-    """Turn a failed verification or lost sparsity into a one-line error (the output is then not written)."""
-    v, s, q = report.verify, report.sparsity, report.quantized
-    if q is not None and q.lost:
+def _check_quantized(q: QuantReport) -> None:
+    """Pruned zeros lost, or N:M broken, by quantisation: a one-line error (the output is then not written)."""
+    if q.lost:
         l = q.lost[0]
         raise EdgepruneError(f"{q.scheme} quantisation turned pruned zeros into non-zeros: {l.layer} keeps {l.kept_zeros} of "
                              f"{l.torch_zeros} ({len(q.lost)} layer(s) affected)", "use symmetric quantisation")
-    if q is not None and q.nm_violations:
+    if q.nm_violations:
         raise EdgepruneError(f"{q.scheme} weights of {q.nm_violations[0].layer} break its {q.nm_violations[0].pattern} pattern",
                              "use symmetric quantisation")
+
+
+def _check(report: ExportReport, config: ExportConfig) -> None:
+    """Turn a failed verification or lost sparsity into a one-line error (the output is then not written)."""
+    v, s = report.verify, report.sparsity
+    if report.quantized is not None:
+        _check_quantized(report.quantized)
     if v is not None:
         name, worst = v.worst
         if worst > config.atol:
@@ -192,26 +197,26 @@ def _check(report: ExportReport, config: ExportConfig) -> None:
 
 def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_inits: dict[str, str], layers, patterns) -> QuantReport:
     """Write the quantised graph to ``dst``, check the pruned zeros in it, and measure it against PyTorch."""
-    from edgeprune.onnx.quantization import QuantReport, check_quantized, quantize_graph
+    from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph
     from edgeprune.onnx.verify import verify_decoder, verify_encoder
-
-    from edgeprune.onnx.quantization import HEAD_KEY, gptq_int4
 
     q = config.quantize
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
-    calibrated = None
+    codes = None
     if q.scheme == "int4" and q.method == "gptq" and q.symmetric:
         start = time.perf_counter()
-        calibrated = (fp32_inits, gptq_int4(loaded, q))
+        codes = calibrate_int4(loaded, q)
         gptq_seconds = round(time.perf_counter() - start, 1)
-    head = quantize_graph(onnx_path, dst, q, external, calibrated)
-    settings = {"per_channel": True, "weights": "int8 symmetric", "ops": ["MatMul"] + (["Gather"] if head else []),
-                "embedding": head} if q.scheme == "int8" else \
-        {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
-         "ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head,
-         "method": q.method if calibrated else "rtn",
-         **({"calibrated_layers": len([k for k in calibrated[1] if k != HEAD_KEY]), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
-             "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in calibrated[1].items() if c[2] == 8)} if calibrated else {})}
+    head = quantize_graph(onnx_path, dst, q, external, (fp32_inits, codes) if codes else None)
+    settings = {"ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
+    if q.scheme == "int8":
+        settings |= {"per_channel": True, "weights": "int8 symmetric"}
+    else:
+        settings |= {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
+                     "method": q.method if codes else "rtn"}
+    if codes:
+        settings |= {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
+                     "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in codes.layers.items() if c[2] == 8)}
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:
         if loaded.is_decoder:
@@ -262,9 +267,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
             if item.is_file() and ".onnx" not in item.name and item.suffix != ".ort" and item.name != METADATA_FILE:
                 shutil.copy2(item, tmp / item.name)
         report = _quantize(loaded, onnx_path, tmp / ONNX_FILE, export_config, fp32_inits, layers, layer_patterns(meta.get("pruning")))
-        probe = ExportReport(str(src), str(out), exported.get("architecture", ""), exported.get("task", ""), export_config.pooling, {}, 0.0,
-                             quantized=report)
-        _check(probe, export_config)
+        _check_quantized(report)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name}
         write_json(tmp / METADATA_FILE, meta | {"export": exported | {"files": files, "quantized": report.to_dict(),
                                                                      "quantized_from": str(src)}})

@@ -60,68 +60,75 @@ class QuantReport:
         }
 
 
-HEAD_KEY = "<lm_head>"  # gptq_int4's entry for the tied LM head's own codes
+@dataclass
+class CalibratedInt4:
+    """What :func:`calibrate_int4` computed, in MatMulNBits' layout.
+
+    ``layers``: layer → (B [out, in/block, block·bits/8] uint8, scales [out, in/block], bits 4 or 8).
+    ``head``: the tied LM head's own 4-bit (B, scales), or None.
+    """
+
+    layers: dict[str, tuple[np.ndarray, np.ndarray, int]]
+    head: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+def _packed(grid, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """An :class:`~edgeprune.pruning.kernels.Int4Grid`'s codes as MatMulNBits bytes (low nibble first) and its scales."""
+    codes = (grid.codes.to(torch.int16) + 8).to(torch.uint8).numpy()
+    codes = codes.reshape(codes.shape[0], -1, block)
+    return codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32)
+
+
+def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     """Calibrated int4 codes for every prunable linear: GPTQ, block by block, on the model's own outputs.
 
     Each block's linears are quantised from Hessians of their inputs (calibration text run through the
-    already-quantised blocks before it, and with ``config.sequential`` through the block's already-quantised
-    earlier stages too); pruned (exactly zero) weights are held at code 0 and their removal error is
-    spread as well. Then the layers with the largest relative output error ‖ΔW X‖² / ‖W X‖² are stored at
-    8 bits instead (round to nearest, lossless in practice), as long as they fit in ``config.eight_bit_budget``
-    of the parameters. Returns layer → (MatMulNBits B [out, in/block, block·bits/8] uint8, scales
-    [out, in/block], bits); the loaded model is not changed.
+    already-quantised blocks before it); pruned (exactly zero) weights are held at code 0 and their
+    removal error is spread as well. Then the layers with the largest relative output error
+    ‖ΔW X‖² / ‖W X‖² are stored at 8 bits instead (round to nearest, lossless in practice), as long as
+    they fit in ``config.eight_bit_budget`` of the parameters. With a 4-bit head, a tied LM head gets its
+    own GPTQ codes from the final hidden states. The loaded model is not changed.
     """
     import copy
 
     from edgeprune.data import calibration_batch
-    from edgeprune.pruning.kernels import Hessian, gptq_int4 as gptq
+    from edgeprune.pruning.kernels import Hessian, gptq_int4
 
     model = copy.deepcopy(loaded.model).float().eval()
     adapter = loaded.adapter
     ids = calibration_batch(loaded.tokenizer, config.calib)
-    out, errors = {}, {}
+    out = CalibratedInt4({})
+    errors = {}
     originals = {name: linear.weight.detach().clone() for name, linear in adapter.prunable_linears(model).items()}
     blocks = adapter.blocks(model)
-
-    def stage_hessians(block, stages, hidden, context) -> list:
-        stats, hooks = [], []
-        for stage in stages:
-            first = next(iter(stage.values()))
-            h = Hessian(first.in_features)
-            stats.append(h)
-            hooks.append(first.register_forward_hook(lambda _m, inputs, _o, h=h: h.add(inputs[0])))
-        try:
-            adapter.run_block(block, hidden, context)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return stats
-
     with torch.no_grad():
         hidden, context = adapter.embed(model, ids)
         for b, block in enumerate(blocks):
             stages = adapter.stages(block)
+            stats, hooks = [], []
+            for stage in stages:
+                first = next(iter(stage.values()))
+                h = Hessian(first.in_features)
+                stats.append(h)
+                hooks.append(first.register_forward_hook(lambda _m, inputs, _o, h=h: h.add(inputs[0])))
+            try:
+                adapter.run_block(block, hidden, context)
+            finally:
+                for hook in hooks:
+                    hook.remove()
             prefix = adapter.block_prefix(model, b)
-            stats = None if config.sequential else stage_hessians(block, stages, hidden, context)
-            for s, stage in enumerate(stages):
-                hessian = (stage_hessians(block, stages, hidden, context) if config.sequential else stats)[s].value
+            for stage, h in zip(stages, stats):
+                hessian = h.value
                 for name, linear in stage.items():
                     weight = linear.weight.data
                     if weight.shape[1] % config.block_size:
                         continue  # ORT pads such a layer; it keeps round-to-nearest codes
-                    new, grid = gptq(weight, hessian, config.block_size, config.act_order, config.damp)
-                    delta, h = (new - weight).double(), hessian.double()
-                    errors[f"{prefix}.{name}"] = float((delta @ h * delta).sum() / (weight.double() @ h * weight.double()).sum().clamp_min(1e-30))
+                    new, grid = gptq_int4(weight, hessian, config.block_size, config.act_order, config.damp)
+                    delta, hd = (new - weight).double(), hessian.double()
+                    errors[f"{prefix}.{name}"] = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
                     linear.weight.data = new
-                    codes = (grid.codes.to(torch.int16) + 8).to(torch.uint8).numpy()
-                    codes = codes.reshape(codes.shape[0], -1, config.block_size)
-                    out[f"{prefix}.{name}"] = (codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32), 4)
+                    out.layers[f"{prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
             hidden = adapter.run_block(block, hidden, context)
-            if progress:
-                progress(b + 1, len(blocks))
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = head is not None and getattr(model.config, "tie_word_embeddings", False)
     if config.head and config.head_bits == 4 and tied and head.weight.shape[1] % config.block_size == 0:
@@ -135,16 +142,15 @@ def gptq_int4(loaded, config: QuantizeConfig, progress=None) -> dict[str, tuple[
                     model(ids[k:k + 8])
         finally:
             hook.remove()
-        _, grid = gptq(head.weight.data.float(), h.value, config.block_size, config.act_order, config.damp)
-        codes = (grid.codes.to(torch.int16) + 8).to(torch.uint8).numpy().reshape(head.weight.shape[0], -1, config.block_size)
-        out[HEAD_KEY] = (codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32), 4)
+        _, grid = gptq_int4(head.weight.data.float(), h.value, config.block_size, config.act_order, config.damp)
+        out.head = _packed(grid, config.block_size)
     budget = config.eight_bit_budget * sum(w.numel() for w in originals.values())
     for name in sorted(errors, key=errors.get, reverse=True):
-        size = originals[name].numel()  # (the head is not a candidate: HEAD_KEY has no error entry)
+        size = originals[name].numel()
         if size <= budget:
             budget -= size
             codes, scales = quantize_rows(originals[name].float().numpy(), config.block_size, 8)
-            out[name] = (codes, scales.astype(np.float32), 8)
+            out.layers[name] = (codes, scales.astype(np.float32), 8)
     return out
 
 
@@ -175,11 +181,11 @@ def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tupl
 
 
 def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: bool,
-                   calibrated: tuple[dict, dict] | None = None) -> dict | None:
+                   calibrated: tuple[dict[str, str], CalibratedInt4] | None = None) -> dict | None:
     """Write a weight-quantised copy of ``src`` to ``dst``; returns what :func:`quantize_token_embedding` did, if anything.
 
-    ``calibrated`` = (layer → initializer, layer → (codes, scales)) replaces the round-to-nearest int4 codes of
-    those layers with calibrated ones (see :func:`gptq_int4`)."""
+    ``calibrated`` = (layer → initializer, codes) replaces the round-to-nearest int4 codes of those layers
+    (and of a tied head) with calibrated ones (see :func:`calibrate_int4`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if config.scheme == "int8":
@@ -217,27 +223,15 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
         quantizer.process()
     finally:
         log.setLevel(level)
-    head_codes = calibrated[1].get(HEAD_KEY) if calibrated is not None else None
     head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level, config.head_bits,
-                                    head_codes[:2] if head_codes else None) if config.head else None
+                                    calibrated[1].head if calibrated else None) if config.head else None
     if calibrated is not None:
-        layers, computed = calibrated
-        computed = {k: v for k, v in computed.items() if k != HEAD_KEY}
-        replaced = replace_int4_weights(quantizer.model.model, layers, computed, config.block_size)
-        if replaced != len(computed):
-            raise RuntimeError(f"calibrated int4 codes fit {replaced} of {len(computed)} MatMulNBits layers")  # a bug, not input
+        layers, codes = calibrated
+        replaced = replace_int4_weights(quantizer.model.model, layers, codes.layers, config.block_size)
+        if replaced != len(codes.layers):
+            raise RuntimeError(f"calibrated int4 codes fit {replaced} of {len(codes.layers)} MatMulNBits layers")  # a bug, not input
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return head
-
-
-def int4_rows(weight: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric 4-bit codes of a [rows, cols] table, in blocks of ``block`` along each row.
-
-    Returns packed codes [rows, cols/block, block/2] (uint8, low nibble first; MatMulNBits' B layout)
-    and scales [rows, cols/block]. Code 8 is zero, so a weight that is exactly 0 stays exactly 0; the
-    largest-magnitude value of a block maps to code 0 (scale = value / -8), as ORT's int4 quantiser does.
-    """
-    return quantize_rows(weight, block, 4)
 
 
 def quantize_rows(weight: np.ndarray, block: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
