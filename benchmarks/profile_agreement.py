@@ -11,7 +11,6 @@ by more than --tolerance.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

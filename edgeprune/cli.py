@@ -464,7 +464,9 @@ def list_():
     typer.echo("sparsity:        any fraction in (0,1); N:M with 0<N<M, e.g. 1:4, 2:4, 4:8, 2:8")
     typer.echo("exporters:       decoder (text-generation-with-past, one merged graph), encoder (feature-extraction, optional pooling)")
     typer.echo("quantisation:    " + ", ".join(QUANT_SCHEMES) + " (int4: block 32/64/128, symmetric or not)")
-    typer.echo("recipe steps:    " + ", ".join(STEPS.names()))
+    typer.echo("recipe steps:")
+    for name in STEPS.names():
+        typer.echo(f"  {name:14s} {STEPS.get(name).help}")
     typer.echo("bundled models:")
     for alias, entry in BUNDLED.items():
         typer.echo(f"  {alias:14s} {entry.description}")

@@ -41,7 +41,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.registry import Registry
-from edgeprune.tomlconf import apply_set, build, line_of
+from edgeprune.tomlconf import build, line_of, parse_set, set_path, unwrap_optional
 
 SCHEMA_VERSION = 1
 META_FILE = "meta.json"  # written last: a step folder without it is unfinished
@@ -118,8 +118,7 @@ def _eval(ctx: StepContext, config, out: Path) -> dict:
     from edgeprune.io import write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    result = evaluate(str(ctx.model), **dataclasses.asdict(config))
-    data = json.loads(result.to_json())
+    data = dataclasses.asdict(evaluate(str(ctx.model), **dataclasses.asdict(config)))
     write_json(out / EVAL_FILE, data)
     return {k: data[k] for k in ("perplexity", "embedding_cosine") if data.get(k) is not None}
 
@@ -223,8 +222,6 @@ def _check_set_path(data: dict, keys: tuple[str, ...], assignment: str):
     """--set must name a step of the recipe (or [recipe]) and a field its config has; returns the field's type."""
     import typing
 
-    from edgeprune.tomlconf import _optional
-
     head = keys[0]
     if head != "recipe" and head not in STEPS:
         raise EdgepruneError(f"--set {assignment}: unknown step '{head}'", f"steps: recipe, {', '.join(STEPS.names())}")
@@ -237,7 +234,7 @@ def _check_set_path(data: dict, keys: tuple[str, ...], assignment: str):
             known = ", ".join(hints) if dataclasses.is_dataclass(cls) else ""
             raise EdgepruneError(f"--set {assignment}: [{'.'.join(keys[:depth])}] has no key '{key}'",
                                  f"known keys: {known}" if known else "remove it")
-        cls, _ = _optional(hints[key])
+        cls, _ = unwrap_optional(hints[key])
         if typing.get_origin(cls) is dict:
             return None  # free-form tables: overrides, options
     return cls
@@ -253,12 +250,12 @@ def load_recipe(spec: str | Path, sets: Sequence[str] = ()) -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise EdgepruneError(f"recipe {path} is not valid TOML: {exc}", "fix the syntax on that line") from None
     for assignment in sets:
-        keys, value = apply_set({}, assignment)
+        keys, value, raw = parse_set(assignment)
         if len(keys) < 2:
             raise EdgepruneError(f"--set {assignment}: name a step and a key", "write it like --set prune.sparsity=0.5")
-        if _check_set_path(data, keys, assignment) is str and not isinstance(value, str):
-            assignment = f"{assignment.split('=', 1)[0]}={json.dumps(assignment.split('=', 1)[1].strip())}"  # 0.5 → "0.5"
-        apply_set(data, assignment)
+        if _check_set_path(data, keys, assignment) is str:
+            value = value if isinstance(value, str) else raw  # prune.sparsity=0.5 means the string "0.5"
+        set_path(data, keys, value)
     if not isinstance(data.get("recipe"), dict):
         raise EdgepruneError(f"{path}: no [recipe] table", 'start the file with [recipe], name = "..." and model = "..."')
     for key in ("name", "model"):
@@ -331,7 +328,7 @@ class PlannedStep:
 
 
 @dataclass
-class RunResult:
+class RecipeRun:
     """What :func:`run_recipe` did: each step (ran or reused), and where the report is."""
 
     out: Path
@@ -384,7 +381,7 @@ class _Run:
         self.plan = self._plan()
 
     def _plan(self) -> list[PlannedStep]:
-        from edgeprune.evaluation import EvalConfig
+        from edgeprune import __version__
         from edgeprune.onnx import ExportConfig
 
         r = self.recipe
@@ -402,11 +399,8 @@ class _Run:
             plan.append(PlannedStep(0, s.kind, s.config, "variant", ""))
         for s in closing:
             plan.append(PlannedStep(0, s.kind, s.config, "run", ""))
-        from edgeprune import __version__
-
-        self.fingerprint = _fingerprint(r.header.model)
         current = {"dense": "source", "variant": "source"}
-        keys: dict[str, str] = {"source": _digest(self.fingerprint)}  # folder → key
+        keys: dict[str, str] = {"source": _digest(_fingerprint(r.header.model))}  # folder → key
         steps: list[PlannedStep] = []
         for p in plan:
             branch = "variant" if p.branch == "run" else p.branch
@@ -449,6 +443,7 @@ class _Run:
         import platform
 
         from edgeprune.report.run import package_versions
+        from edgeprune.runtime import cpu_name
 
         variants = {}
         models, names = self.profile_targets()
@@ -473,21 +468,9 @@ class _Run:
             "profiles": profiles,
             "steps": [{"folder": p.folder, "kind": p.kind, "seconds": p.seconds, "cached": p.cached} for p in self.plan],
             "versions": package_versions(),
-            "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu": _cpu_name(),
+            "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_name(),
                      "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0))},
         }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 def _clean_leftovers(out: Path, plan: list[PlannedStep]) -> None:
@@ -518,7 +501,7 @@ def run_recipe(
     devices: Sequence[str | Path] | None = None,
     sets: Sequence[str] = (),
     progress: RunProgress | None = None,
-) -> RunResult:
+) -> RecipeRun:
     """Run ``recipe`` (a file, a shipped recipe's name, or a loaded :class:`Recipe`) into ``out`` (default runs/NAME).
 
     Steps whose config and inputs are unchanged are reused from an earlier run in ``out``; a step that was
@@ -582,7 +565,7 @@ def run_recipe(
             shutil.copyfile(report / name, out / f".{name}.tmp")
             os.replace(out / f".{name}.tmp", out / name)
     write_json(out / "run.json", summary | {"seconds": round(time.perf_counter() - start, 2)})
-    return RunResult(out, recipe.name, run.plan, out / "report.html" if report else None, summary, time.perf_counter() - start)
+    return RecipeRun(out, recipe.name, run.plan, out / "report.html" if report else None, summary, time.perf_counter() - start)
 
 
-__all__ = ["Recipe", "ReportConfig", "RunResult", "STEPS", "find_recipe", "load_recipe", "recipes_dir", "run_recipe"]
+__all__ = ["Recipe", "RecipeRun", "ReportConfig", "STEPS", "find_recipe", "load_recipe", "recipes_dir", "run_recipe"]

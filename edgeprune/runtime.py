@@ -1,4 +1,4 @@
-"""Device selection, in one place. The default is always the CPU."""
+"""Where things run, in one place: device selection (the default is always the CPU) and the host CPU's name."""
 
 from __future__ import annotations
 
@@ -19,3 +19,17 @@ def resolve_device(name: str = "cpu") -> str:
             raise EdgepruneError("CUDA was requested but no CUDA GPU is available here", "use --device cpu")
         return name
     raise EdgepruneError(f"unknown device '{name}'", "use --device cpu, cuda or auto")
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo), else the architecture."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -69,7 +69,7 @@ def _describe(tp) -> str:
     return str(tp)
 
 
-def _optional(tp) -> tuple[Any, bool]:
+def unwrap_optional(tp) -> tuple[Any, bool]:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
         rest = [a for a in args if a is not type(None)]
@@ -79,7 +79,7 @@ def _optional(tp) -> tuple[Any, bool]:
 
 def convert(tp, value, key: str, where: str, path: Path, text: str, table: tuple[str, ...]):
     """``value`` (as tomllib read it) as type ``tp``, or a one-line error at ``where``."""
-    tp, _ = _optional(tp)
+    tp, _ = unwrap_optional(tp)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
 
     def bad():
@@ -140,8 +140,8 @@ def build(cls, data: dict, path: str | Path, text: str, table: tuple[str, ...] =
         raise EdgepruneError(f"{_where(path, text, table, None)}: {label}: {exc}", "add the missing key") from None
 
 
-def apply_set(data: dict, assignment: str, source: str = "--set") -> tuple[tuple[str, ...], Any]:
-    """Apply ``a.b.c=VALUE`` to nested ``data`` (VALUE read as TOML, else as a plain string); returns (path, value)."""
+def parse_set(assignment: str, source: str = "--set") -> tuple[tuple[str, ...], Any, str]:
+    """``a.b.c=VALUE`` → (keys, VALUE read as TOML or else as a plain string, VALUE as written)."""
     import tomllib
 
     if "=" not in assignment:
@@ -154,13 +154,17 @@ def apply_set(data: dict, assignment: str, source: str = "--set") -> tuple[tuple
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    return keys, value, raw
+
+
+def set_path(data: dict, keys: tuple[str, ...], value, source: str = "--set") -> None:
+    """``data[k1][k2]...[kn] = value``, creating tables on the way."""
     node = data
     for k in keys[:-1]:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
-            raise EdgepruneError(f"{source} '{dotted}': '{k}' is not a table", "set a key inside a table, e.g. prune.calib.samples=8")
+            raise EdgepruneError(f"{source} '{'.'.join(keys)}': '{k}' is not a table", "set a key inside a table, e.g. prune.calib.samples=8")
     node[keys[-1]] = value
-    return keys, value
 
 
-__all__ = ["apply_set", "build", "convert", "line_of"]
+__all__ = ["build", "convert", "line_of", "parse_set", "set_path", "unwrap_optional"]

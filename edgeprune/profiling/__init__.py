@@ -249,16 +249,10 @@ def _host() -> dict:
     import onnxruntime as ort
     import psutil
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from edgeprune.runtime import cpu_name
+
     return {
-        "cpu": cpu, "machine": platform.machine(), "system": platform.platform(), "logical_cores": os.cpu_count(),
+        "cpu": cpu_name(), "machine": platform.machine(), "system": platform.platform(), "logical_cores": os.cpu_count(),
         "usable_cores": sorted(os.sched_getaffinity(0)), "memory_mb": round(psutil.virtual_memory().total / 2**20),
         "python": platform.python_version(), "onnxruntime": ort.__version__, "load_average_start": list(os.getloadavg()),
     }

@@ -10,7 +10,6 @@ measured on the same held-out text so the gain is reported, not assumed.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -98,6 +98,11 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def figure_html(title: str, png: bytes) -> str:
+    """A titled PNG, embedded (base64) so the HTML stays one self-contained file."""
+    return f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
 def to_html(report: Report) -> str:
     from edgeprune.report.plots import FIGURES
 
@@ -111,7 +116,7 @@ def to_html(report: Report) -> str:
     for title, draw in FIGURES.items():
         png = draw(report)
         if png:
-            parts.append(f"<h3>{e(title)}</h3><img alt='{e(title)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+            parts.append(figure_html(title, png))
     for v in report.variants:
         parts.append(f"<h2>{e(v.name)}</h2><p><code>{e(v.graph)}</code> — {e(v.kind)}, {v.size_bytes / 2**20:.1f} MiB on disk "
                      f"({e(', '.join(v.files))}), quantisation {e(v.quantization)}."

@@ -5,13 +5,12 @@ versions and host, so the run can be reproduced. Built from the run summary; not
 
 from __future__ import annotations
 
-import base64
 import html
 from importlib import metadata
 from pathlib import Path
 
 from edgeprune.profiling.results import Report, RunResult, VariantResult
-from edgeprune.report import _CSS, _html_table, _md_table, tables
+from edgeprune.report import _CSS, _html_table, _md_table, figure_html, tables
 
 PACKAGES = ("edgeprune", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy", "safetensors", "gguf")
 
@@ -132,8 +131,7 @@ def to_html(summary: dict, title: str) -> str:
         for name, draw in FIGURES.items():
             png = draw(rep)
             if png:
-                parts.append(f"<h3>{e(name)} ({e(device)})</h3><img alt='{e(name)}' src='data:image/png;base64,"
-                             f"{base64.b64encode(png).decode()}'>")
+                parts.append(figure_html(f"{name} ({device})", png))
     parts += ["<h2>Steps</h2>", _html_table(*_steps_rows(summary)), "<h2>Reproduce</h2>", f"<pre>{e(_reproduce(summary))}</pre>",
               f"<p>Recipe <code>{e(r['path'])}</code>" + (f", with --set {e(', '.join(r['sets']))}" if r["sets"] else "") + ":</p>",
               f"<pre>{e(r['text'].rstrip())}</pre>",
