@@ -53,6 +53,31 @@ class ChannelPermutation:
     producer_segments: int = 1
 
 
+@dataclass(frozen=True)
+class Units:
+    """The removable units of one block, by linear name (relative to the block), for structured pruning.
+
+    Attention heads: rows of ``head_rows`` (query heads; with MHA also key/value) and columns of
+    ``head_cols`` (the output projection), ``head_dim`` each. With GQA (``num_kv_heads < num_heads``)
+    key/value heads stay and every KV group loses the same number of query heads, so the cache keeps
+    its shape. MLP channels: rows of ``channel_rows`` and columns of ``channel_cols``.
+    """
+
+    head_rows: tuple[str, ...]
+    head_cols: str
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    channel_rows: tuple[str, ...]
+    channel_cols: str
+    channels: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV group (1 for multi-head attention, where key/value heads go with their query head)."""
+        return self.num_heads // self.num_kv_heads
+
+
 class Adapter(ABC):
     """One architecture family. Subclasses are small and declarative."""
 
@@ -85,6 +110,14 @@ class Adapter(ABC):
 
     @abstractmethod
     def attention(self, block: nn.Module) -> AttentionParts: ...
+
+    def units(self, block: nn.Module) -> Units:
+        """Heads and MLP channels that structured pruning may remove."""
+        raise NotImplementedError(f"structured pruning is not supported for {self.family} models")
+
+    def set_num_heads(self, block: nn.Module, num_heads: int) -> None:
+        """Tell the block's attention module it now has ``num_heads`` query heads (after rows were removed)."""
+        raise NotImplementedError(f"structured pruning is not supported for {self.family} models")
 
     def permutations(self, block: nn.Module) -> list[ChannelPermutation]:
         """Channel reorders this architecture absorbs at zero run-time cost (used to raise N:M quality)."""

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from edgeprune.models.base import Adapter, AttentionParts, ChannelPermutation
+from edgeprune.models.base import Adapter, AttentionParts, ChannelPermutation, Units
 from edgeprune.models.registry import ADAPTERS
 
 
@@ -44,6 +44,24 @@ class BertAdapter(Adapter):
             ChannelPermutation("output.dense", ("intermediate.dense",)),
             ChannelPermutation("attention.output.dense", ("attention.self.value",), heads, heads),
         ]
+
+    def units(self, block: nn.Module) -> Units:
+        sa = block.attention.self
+        return Units(
+            head_rows=("attention.self.query", "attention.self.key", "attention.self.value"),
+            head_cols="attention.output.dense",
+            num_heads=sa.num_attention_heads,
+            num_kv_heads=sa.num_attention_heads,
+            head_dim=sa.attention_head_size,
+            channel_rows=("intermediate.dense",),
+            channel_cols="output.dense",
+            channels=block.output.dense.in_features,
+        )
+
+    def set_num_heads(self, block: nn.Module, num_heads: int) -> None:
+        sa = block.attention.self
+        sa.num_attention_heads = num_heads
+        sa.all_head_size = num_heads * sa.attention_head_size
 
     def embed(self, model: nn.Module, input_ids: torch.Tensor):
         return self._embeddings(model)(input_ids=input_ids), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from edgeprune.models.base import Adapter, AttentionParts, ChannelPermutation
+from edgeprune.models.base import Adapter, AttentionParts, ChannelPermutation, Units
 from edgeprune.models.registry import ADAPTERS
 
 
@@ -47,6 +47,26 @@ class LlamaAdapter(Adapter):
             ChannelPermutation("mlp.down_proj", ("mlp.gate_proj", "mlp.up_proj")),
             ChannelPermutation("self_attn.o_proj", ("self_attn.v_proj",), cfg.num_attention_heads, cfg.num_key_value_heads),
         ]
+
+    def units(self, block: nn.Module) -> Units:
+        attn, mlp = block.self_attn, block.mlp
+        head_dim = attn.head_dim
+        kv_heads = attn.k_proj.out_features // head_dim
+        return Units(
+            head_rows=("self_attn.q_proj",) if attn.num_key_value_groups > 1 else ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            head_cols="self_attn.o_proj",
+            num_heads=attn.q_proj.out_features // head_dim,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            channel_rows=("mlp.gate_proj", "mlp.up_proj"),
+            channel_cols="mlp.down_proj",
+            channels=mlp.down_proj.in_features,
+        )
+
+    def set_num_heads(self, block: nn.Module, num_heads: int) -> None:
+        # transformers reshapes q/k/v with -1 heads; only the GQA repeat factor is stored per module.
+        attn = block.self_attn
+        attn.num_key_value_groups = num_heads // (attn.k_proj.out_features // attn.head_dim)
 
     def embed(self, model: nn.Module, input_ids: torch.Tensor):
         hidden = model.model.embed_tokens(input_ids)

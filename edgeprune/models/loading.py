@@ -158,6 +158,16 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def is_structured(folder: Path | None) -> bool:
+    """A folder written by ``edgeprune structured`` (blocks of different sizes, see edgeprune/structured/layout.py)."""
+    from edgeprune.structured.layout import LAYOUT_KEY
+
+    try:
+        return folder is not None and LAYOUT_KEY in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
 def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Load a model for pruning or evaluation: a folder, a .gguf file, a Hub id, or a bundled alias."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -168,6 +178,8 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
     model_cls = AutoModelForCausalLM if adapter.task == "text-generation" else AutoModel
     where = source if kind == "hub" else str(path)
     extra = {"gguf_file": gguf_file} if gguf_file else {}
+    if kind == "folder" and is_structured(path):
+        extra["trust_remote_code"] = True  # per-block sizes: the folder's modeling_edgeprune.py (edgeprune's own code)
     try:
         with _quiet_transformers():
             model = model_cls.from_pretrained(where, dtype=dtype, attn_implementation="sdpa", **extra)

@@ -137,6 +137,8 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
     import logging
     import warnings
 
+    from edgeprune.models.loading import is_structured
+
     loggers = {name: logging.getLogger(name).level for name in ("transformers", "optimum")}
     for name in loggers:  # optimum warns about the tied embedding/head initialisers it deduplicates: expected
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -144,7 +146,7 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow: expected, not actionable for users
             main_export(str(folder), out, task=task, opset=opset, do_validation=False, local_files_only=True,
-                        library_name="transformers")
+                        library_name="transformers", trust_remote_code=is_structured(folder))
     except EdgepruneError:
         raise
     except Exception as exc:  # optimum raises many types; the user needs one line and the cause
