@@ -147,6 +147,68 @@ def nm(
         typer.echo(f"converted to {pattern} → {out}")
 
 
+class _StageProgress:
+    """One rich bar per stage (score, search, reform, ...), started lazily, as ``progress(stage, done, total)``."""
+
+    def __init__(self):
+        self.bars: dict[str, _LayerProgress] = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for bar in self.bars.values():
+            bar.__exit__(*exc)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.bars:
+            for bar in self.bars.values():  # the previous stage is finished
+                bar.__exit__(None, None, None)
+            self.bars[stage] = _LayerProgress(stage)
+        self.bars[stage](done, total)
+
+
+@app.command()
+@user_errors
+def structured(
+    model: str = typer.Argument(..., help="HF folder, .gguf file, Hub id, or bundled alias (smollm2-135m, minilm-l6)"),
+    out: Path = typer.Option(..., "--out", help="output folder (a Hugging Face folder with smaller blocks)"),
+    target_params: Optional[float] = typer.Option(None, help="fraction of the blocks' linear parameters to keep, e.g. 0.75"),
+    target_latency_ms: Optional[float] = typer.Option(None, help="or: decode ms/token budget, measured with ONNX Runtime on --device"),
+    device: Optional[str] = typer.Option(None, "--device", help="device profile for --target-latency-ms (file or name)"),
+    score: str = typer.Option("output", help="unit importance: output (contribution to the block output), wanda-sp, magnitude"),
+    search: str = typer.Option("evolution", help="evolution (on the calibration loss), greedy, or uniform (same shape every block)"),
+    reform: bool = typer.Option(True, help="re-fit the kept weights to the dense block outputs (ridge least squares)"),
+    calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    samples: int = typer.Option(32, help="calibration sequences"),
+    seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
+    generations: int = typer.Option(6, help="evolution: generations"),
+    population: int = typer.Option(8, help="evolution: candidates per generation"),
+    seed: int = typer.Option(0, help="seed for calibration windows and the search"),
+    overwrite: bool = typer.Option(False, help="replace --out if it exists"),
+):
+    """Remove attention heads and MLP channels under a size or latency budget: a really smaller dense model."""
+    from edgeprune.data import CalibConfig
+    from edgeprune.structured import StructuredConfig, structured as run_structured
+
+    if target_params is None and target_latency_ms is None:
+        target_params = 0.75
+    config = StructuredConfig(target_params=target_params, target_latency_ms=target_latency_ms, latency_device=device, score=score,
+                              search=search, reform=reform, calib=CalibConfig(calib, samples, seqlen, seed), generations=generations,
+                              population=population, seed=seed)
+    with _StageProgress() as bar:
+        report = run_structured(model, out, config, overwrite=overwrite, progress=bar)
+    gains = [e["removal_error"] - e["reformed_error"] for e in report.reform if "reformed_error" in e]
+    line = (f"kept {report.kept_fraction:.1%} of block parameters ({report.params_after / 1e6:.1f}M of {report.params_before / 1e6:.1f}M)"
+            f" in {report.seconds:.0f}s → {out}")
+    if gains:
+        mean = lambda key: sum(e[key] for e in report.reform) / len(report.reform)  # noqa: E731
+        line += f"; block-output error {mean('removal_error'):.3f} after removal, {mean('reformed_error'):.3f} after reformation"
+    if report.latency:
+        line += f"; predicted decode {report.latency['predicted_ms']:.1f} ms/token (dense {report.latency['predicted_dense_ms']:.1f})"
+    typer.echo(line)
+
+
 @app.command("eval")
 @user_errors
 def eval_(

@@ -98,6 +98,14 @@ def _nm(ctx: StepContext, config, out: Path) -> dict:
     return convert_nm(str(ctx.model), out, config, overwrite=True, progress=ctx.progress.layers)
 
 
+def _structured(ctx: StepContext, config, out: Path) -> dict:
+    from edgeprune.structured import structured
+
+    report = structured(str(ctx.model), out, config, overwrite=True, progress=lambda _stage, done, total: ctx.progress.layers(done, total))
+    return {"kept_fraction": round(report.kept_fraction, 4), "params_after": report.params_after,
+            "structured_seconds": round(report.seconds, 1)}
+
+
 def _export(ctx: StepContext, config, out: Path) -> dict:
     from edgeprune.onnx import export
 
@@ -149,10 +157,13 @@ def _register_steps() -> None:
     from edgeprune.profiling import ProfileConfig
     from edgeprune.pruning import PruneConfig
     from edgeprune.pruning.convert import NMConfig
+    from edgeprune.structured import StructuredConfig
 
     for name, step in {
         "prune": Step(PruneConfig, TORCH, TORCH, _prune, "prune weights (unstructured or N:M) with a registered method"),
         "nm": Step(NMConfig, TORCH, TORCH, _nm, "convert a pruned model to N:M by re-fitting inside the pattern"),
+        "structured": Step(StructuredConfig, TORCH, TORCH, _structured,
+                           "remove attention heads and MLP channels under a size or latency budget (really smaller)"),
         "export": Step(ExportConfig, TORCH, ONNX, _export, "export to ONNX, verified against PyTorch", changes_model=False),
         "quantize": Step(QuantizeConfig, ONNX, ONNX, _quantize, "quantise the exported graph (int8 / int4), zeros kept"),
         "eval": Step(EvalConfig, None, None, _eval, "held-out perplexity or embedding cosine of the current model", changes_model=False),

@@ -28,6 +28,8 @@ RECIPES = sorted(recipes_dir().glob("*.toml"))
 TINY_SETS = {
     "prune": ["prune.calib.samples=4", "prune.calib.seqlen=32"],
     "nm": ["nm.calib.samples=4", "nm.calib.seqlen=32"],
+    "structured": ["structured.calib.samples=4", "structured.calib.seqlen=32", "structured.search_samples=2",
+                   "structured.search_seqlen=32", "structured.population=4", "structured.generations=1"],
     "eval": ["eval.seqlen=32", "eval.max_windows=2"],
     "profile": ["profile.warmup=1", "profile.runs=2", "profile.workload.prompt_lengths=[8]", "profile.workload.decode_tokens=2",
                 "profile.workload.seq_lengths=[8]"],
