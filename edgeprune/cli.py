@@ -182,7 +182,7 @@ def structured(
     calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
     samples: int = typer.Option(32, help="calibration sequences"),
     seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
-    generations: int = typer.Option(6, help="evolution: generations"),
+    generations: int = typer.Option(10, help="evolution: generations"),
     population: int = typer.Option(8, help="evolution: candidates per generation"),
     seed: int = typer.Option(0, help="seed for calibration windows and the search"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),

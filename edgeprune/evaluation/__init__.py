@@ -126,7 +126,7 @@ def evaluate(
 
         return evaluate_onnx(model, text, reference, seqlen, max_windows, onnx_file or "model.onnx")
 
-    from edgeprune.models.loading import load_model
+    from edgeprune.models.loading import is_structured, load_model
     from edgeprune.runtime import resolve_device
 
     device = resolve_device(device)
@@ -149,6 +149,7 @@ def evaluate(
             ref_emb = sentence_embeddings(ref.model, ref.tokenizer, texts)
             result.embedding_cosine = float((emb * ref_emb).sum(-1).mean())
         probe = tokenize(loaded.tokenizer, body)[: min(seqlen, 256)].unsqueeze(0)
-    if ref is not None and attention:
+    # heads removed by structured pruning have no attention matrix to compare: only same-shape models get the error
+    if ref is not None and attention and not is_structured(loaded.path):
         result.attention_error = attention_errors(loaded.model, ref.model, loaded.adapter, probe.to(device))
     return result

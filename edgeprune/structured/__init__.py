@@ -46,7 +46,7 @@ class StructuredConfig:
     search_samples: int = 8  # calibration windows the search's loss uses (the first ones, cut to search_seqlen)
     search_seqlen: int = 256
     population: int = 8
-    generations: int = 6
+    generations: int = 10
     channel_step: int = 32  # MLP channels are kept in multiples of this (at most 1/16 of a block's channels)
     reform_damp: float = 0.01
     batch_size: int = 8
@@ -166,12 +166,12 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
 
         cost, latency = latency_cost(loaded, spaces, config, progress)
         budget = config.target_latency_ms
-        if cost(dense_arch(spaces)) <= budget:
-            latency["note"] = "the dense model already meets the budget"
     else:
         cost, budget = params, config.target_params * params(dense_arch(spaces))
     step = (lambda i, n: progress("search", i, n)) if progress else None
-    if config.search == "uniform":
+    if cost(dense_arch(spaces)) <= budget:
+        arch, log = dense_arch(spaces), {"note": "the dense model already meets the budget: nothing removed"}
+    elif config.search == "uniform":
         arch, log = uniform_arch(spaces, cost, budget), {}
     elif config.search == "greedy":
         arch, log = greedy_arch(dense_arch(spaces), spaces, scores, cost, budget), {}

@@ -87,7 +87,7 @@ def uniform_arch(spaces: Sequence[Space], cost: Cost, budget: float) -> Arch:
     ratio = budget / cost(dense_arch(spaces))
     arch = []
     for s in spaces:
-        k = round(s.per_group * ratio)
+        k = min(s.per_group, round(s.per_group * ratio))
         if k < 1:
             raise EdgepruneError(f"a uniform keep ratio of {ratio:.0%} removes every attention head of a block",
                                  "raise the target, or use --search greedy/evolution")

@@ -1,0 +1,137 @@
+"""A measured ONNX Runtime latency model, so the search can spend a latency budget instead of a parameter one.
+
+The dense model is exported and profiled once on the device profile (decode ms/token for decoders, one call
+at 128 tokens for encoders). What each block's width costs is measured with ONNX Runtime on chains of
+MatMuls of exactly the block's shapes, one weight matrix per block (so weights stream from memory as in the
+real model). Predicted latency = dense measurement − the dense blocks' MatMul time + the candidate's.
+Attention over the KV cache, norms and the LM head do not change with the widths: they stay in the base.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from bisect import bisect_left
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.structured.search import Arch, Space
+
+ENCODER_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class LatencyCost:
+    """Predicted ms for an architecture: ``base_ms`` plus per-block attention (by heads kept) and MLP (by width) time."""
+
+    spaces: tuple[Space, ...]
+    base_ms: float
+    attn_ms: dict[int, float]  # query heads kept in a block → ms per block
+    mlp_widths: tuple[int, ...]
+    mlp_ms: tuple[float, ...]  # ms per block at each width (interpolated between)
+
+    def mlp(self, width: int) -> float:
+        i = min(max(bisect_left(self.mlp_widths, width), 1), len(self.mlp_widths) - 1)
+        (w0, w1), (t0, t1) = self.mlp_widths[i - 1:i + 1], self.mlp_ms[i - 1:i + 1]
+        return t0 + (t1 - t0) * (width - w0) / (w1 - w0)
+
+    def __call__(self, arch: Arch) -> float:
+        return self.base_ms + sum(self.attn_ms[k * s.groups] + self.mlp(c) for (k, c), s in zip(arch, self.spaces))
+
+
+def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: int, runs: int = 30) -> float:
+    """Median ms of x → x + (x·A_i)·B_i for each (A_i: hidden×w, B_i: w×hidden) — or gated (x·G ⊙ x·U)·D with ``gated``."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i, (width, ins) in enumerate(widths):
+        scale = np.float32(1 / np.sqrt(hidden))
+        names = [f"w{i}_{j}" for j in range(ins)] + [f"d{i}"]
+        for j in range(ins):
+            inits.append(numpy_helper.from_array((rng.standard_normal((hidden, width), dtype=np.float32) * scale), names[j]))
+        inits.append(numpy_helper.from_array((rng.standard_normal((width, hidden), dtype=np.float32) * scale), names[-1]))
+        outs = [f"a{i}_{j}" for j in range(ins)]
+        nodes += [helper.make_node("MatMul", [x, names[j]], [outs[j]]) for j in range(ins)]
+        inner = outs[0]
+        if ins == 2:
+            nodes.append(helper.make_node("Mul", outs, [f"m{i}"]))
+            inner = f"m{i}"
+        nodes += [helper.make_node("MatMul", [inner, names[-1]], [f"y{i}"]), helper.make_node("Add", [x, f"y{i}"], [f"x{i}"])]
+        x = f"x{i}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [tokens, hidden])],
+                              [helper.make_tensor_value_info(x, TensorProto.FLOAT, [tokens, hidden])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"x": rng.standard_normal((tokens, hidden), dtype=np.float32)}
+    for _ in range(5):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def _dense_ms(loaded, device, threads: int) -> float:
+    """Export the dense model and measure it once on ``device`` (decode p50 ms/token, or one encoder call)."""
+    from edgeprune.onnx import ExportConfig, export
+    from edgeprune.profiling import Workload, profile
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
+        export(loaded.source, Path(tmp) / "onnx", ExportConfig(verify=False))
+        workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
+        report = profile([Path(tmp) / "onnx"], device, [threads], Path(tmp) / "profile", workload=workload)
+    run = report.variants[0].runs[0]
+    if not run.ok:
+        raise EdgepruneError(f"the dense model could not be measured on '{device.name}': {run.reason}",
+                             "choose a device profile it fits, or use --target-params")
+    key = "decode_p50_ms@32" if loaded.is_decoder else f"latency_p50_ms@1x{ENCODER_TOKENS}"
+    return run.headline[key]
+
+
+def latency_cost(loaded, spaces: Sequence[Space], config, progress: Callable[[str, int, int], None] | None = None) -> tuple[LatencyCost, dict]:
+    """Measure the latency model for ``loaded`` on ``config.latency_device``; returns it and what was measured."""
+    from edgeprune.profiling.devices import load_device
+
+    device = load_device(config.latency_device)
+    threads = device.intra_op_threads or len(os.sched_getaffinity(0))
+    blocks = loaded.adapter.blocks(loaded.model)
+    units = [loaded.adapter.units(b) for b in blocks]
+    hidden = blocks[0].get_submodule(units[0].head_cols).out_features
+    head_dim, n = units[0].head_dim, len(blocks)
+    tokens = 1 if loaded.is_decoder else ENCODER_TOKENS
+    head_counts = sorted({k * s.groups for s in spaces for k in range(1, s.per_group + 1)})
+    top = max(s.channels for s in spaces)
+    step = spaces[0].step
+    widths = sorted({*range(step, top, max(step, (top // 8) // step * step)), top})
+    total = len(head_counts) + len(widths) + 1
+    tick = (lambda i: progress("latency", i, total)) if progress else (lambda i: None)
+    attn = {}
+    for i, h in enumerate(head_counts):
+        attn[h] = _chain_ms(hidden, [(h * head_dim, 1)] * n, tokens, threads) / n
+        tick(i + 1)
+    mlp = []
+    for i, w in enumerate(widths):
+        mlp.append(_chain_ms(hidden, [(w, len(units[0].channel_rows))] * n, tokens, threads) / n)
+        tick(len(head_counts) + i + 1)
+    dense = _dense_ms(loaded, device, threads)
+    tick(total)
+    blocks_ms = sum(attn[u.num_heads] + np.interp(u.channels, widths, mlp) for u in units)
+    cost = LatencyCost(tuple(spaces), dense - float(blocks_ms), attn, tuple(widths), tuple(mlp))
+    info = {"device": device.name, "threads": threads, "tokens": tokens, "measured_dense_ms": round(dense, 3),
+            "dense_blocks_matmul_ms": round(float(blocks_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
+            "mlp_ms_per_block": {str(w): round(t, 4) for w, t in zip(widths, mlp)}}
+    return cost, info
