@@ -35,6 +35,8 @@ _LAZY = {
     "QuantizeConfig": "edgeprune.onnx",
     "quantize": "edgeprune.onnx",
     "NMConfig": "edgeprune.pruning.convert",
+    "structured": "edgeprune.structured",
+    "StructuredConfig": "edgeprune.structured",
     "EvalConfig": "edgeprune.evaluation",
     "ProfileConfig": "edgeprune.profiling",
     "run_recipe": "edgeprune.recipes",

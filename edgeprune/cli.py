@@ -524,6 +524,10 @@ def list_():
     typer.echo("pruning methods: " + ", ".join(PRUNERS.names()))
     typer.echo("architectures:   " + ", ".join(f"{n} ({', '.join(c.model_types)})" for n, c in ADAPTERS.items()))
     typer.echo("sparsity:        any fraction in (0,1); N:M with 0<N<M, e.g. 1:4, 2:4, 4:8, 2:8")
+    from edgeprune.structured import SCORES, SEARCHES
+
+    typer.echo("structured:      scores " + ", ".join(SCORES.names()) + "; searches " + ", ".join(SEARCHES)
+               + "; budgets --target-params or --target-latency-ms")
     typer.echo("exporters:       decoder (text-generation-with-past, one merged graph), encoder (feature-extraction, optional pooling)")
     typer.echo("quantisation:    " + ", ".join(QUANT_SCHEMES) + " (int4: block 32/64/128, symmetric or not)")
     typer.echo("recipe steps:")

@@ -195,7 +195,7 @@ def test_reformation_off_keeps_the_removal_error(gqa_llama_dir, tmp_path):
     (["--target-params", "0"], "not in (0, 1]"),
     (["--target-latency-ms", "10"], "needs a device"),
     (["--target-params", "0.5", "--target-latency-ms", "10"], "exactly one target"),
-    (["--target-params", "0.05", "--search", "uniform"], "every attention head"),
+    (["--target-params", "0.05", "--search", "uniform"], "below the smallest model the search can reach"),
     (["--target-params", "0.7", "--score", "nope"], "unknown structured score"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(args, message, gqa_llama_dir, tmp_path):
@@ -211,3 +211,30 @@ def test_cli_structured_writes_a_smaller_model(gqa_llama_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "kept 7" in result.output and "after reformation" in result.output
     assert (tmp_path / "out" / "model.safetensors").stat().st_size < (gqa_llama_dir / "model.safetensors").stat().st_size
+
+
+def test_latency_budget_is_measured_on_the_device(gqa_llama_dir, tmp_path):
+    device = tmp_path / "dev.toml"
+    device.write_text('name = "tiny-host"\nintra_op_threads = 1\nwarmup = 2\nruns = 5\n')
+    probe = structured(str(gqa_llama_dir), tmp_path / "probe", StructuredConfig(target_params=None, target_latency_ms=1e6,
+                                                                               latency_device=str(device), **TINY))
+    lat = probe.latency
+    assert lat["device"] == "tiny-host" and lat["threads"] == 1 and lat["measured_dense_ms"] > 0
+    assert lat["predicted_dense_ms"] == pytest.approx(lat["measured_dense_ms"], abs=2e-3)  # anchored on the real measurement
+    assert probe.kept_fraction == 1.0 and "already meets" in probe.search_log["note"]
+    with pytest.raises(EdgepruneError, match="below the smallest model"):
+        structured(str(gqa_llama_dir), tmp_path / "none", StructuredConfig(target_params=None, target_latency_ms=1e-6,
+                                                                          latency_device=str(device), **TINY))
+    no_leftovers(tmp_path, "none")
+
+
+def test_latency_model_interpolates_widths_and_spends_the_budget():
+    from edgeprune.structured.latency import LatencyCost
+
+    spaces, _, scores = _toy_space(blocks=2)
+    cost = LatencyCost(spaces, base_ms=1.0, attn_ms={2: 0.1, 4: 0.2, 6: 0.3}, mlp_widths=(8, 32, 64), mlp_ms=(0.1, 0.4, 0.8))
+    assert cost.mlp(48) == pytest.approx(0.6) and cost.mlp(64) == pytest.approx(0.8)
+    assert cost(dense_arch(spaces)) == pytest.approx(1.0 + 2 * (0.3 + 0.8))
+    budget = 2.6
+    arch = greedy_arch(dense_arch(spaces), spaces, scores, cost, budget)
+    assert cost(arch) <= budget < cost(dense_arch(spaces))

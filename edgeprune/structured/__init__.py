@@ -169,6 +169,14 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
     else:
         cost, budget = params, config.target_params * params(dense_arch(spaces))
     step = (lambda i, n: progress("search", i, n)) if progress else None
+    smallest = cost(tuple((1, s.min_channels) for s in spaces))
+    if latency is not None:
+        latency["predicted_smallest_ms"] = round(smallest, 3)
+    if smallest > budget:
+        unit = "ms" if latency is not None else "parameters"
+        raise EdgepruneError(f"the budget ({budget:.4g} {unit}) is below the smallest model the search can reach "
+                             f"({smallest:.4g} {unit}: one head per KV group and {spaces[0].min_channels} channels per block)",
+                             "raise the target")
     if cost(dense_arch(spaces)) <= budget:
         arch, log = dense_arch(spaces), {"note": "the dense model already meets the budget: nothing removed"}
     elif config.search == "uniform":
