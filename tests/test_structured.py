@@ -92,6 +92,30 @@ def test_removing_units_equals_masking_them_and_shrinks_the_weights(family, tiny
     assert sum(block_params(b, adapter) for b in adapter.blocks(model)) < before
 
 
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_removing_a_block_equals_masking_all_its_units(family, tiny_tokenizer):
+    model = make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3, initializer_range=0.2) if family == "llama" \
+        else make_tiny_bert(len(tiny_tokenizer))
+    adapter = get_adapter(model)
+    blocks = adapter.blocks(model)
+    empty = torch.zeros(0, dtype=torch.long)
+    kept = [(torch.arange(adapter.units(b).num_heads), torch.arange(adapter.units(b).channels)) for b in blocks]
+    kept[1] = (empty, empty)
+    ids = torch.randint(4, len(tiny_tokenizer), (1, 10))
+    with torch.no_grad(), masked(model, adapter, kept):
+        if family == "llama":  # with the KV cache: the remaining blocks must be renumbered for it
+            expected = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        else:
+            expected = model(input_ids=ids).last_hidden_state
+    adapter.keep_blocks(model, [i for i in range(len(blocks)) if i != 1])
+    assert len(adapter.blocks(model)) == len(blocks) - 1 == model.config.num_hidden_layers
+    with torch.no_grad():
+        if family == "llama":
+            assert torch.equal(model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0), expected)
+        else:
+            assert torch.allclose(model(input_ids=ids).last_hidden_state, expected, atol=1e-5)
+
+
 def test_gqa_groups_must_keep_equal_nonzero_query_heads():
     units = _units(num_heads=6, num_kv_heads=2, head_dim=4)
     check_heads(units, torch.tensor([0, 1, 3, 4]))
@@ -154,7 +178,8 @@ def test_structured_end_to_end_reloads_with_transformers_and_exports(family, gqa
     report = structured(str(src), out, StructuredConfig(target_params=0.6, **TINY))
     assert 0.5 < report.kept_fraction <= 0.6
     # reformation lowers every block's output error
-    assert all(e["reformed_error"] < e["removal_error"] for e in report.reform)
+    assert all(e["reformed_error"] < e["removal_error"] for e in report.reform if not e.get("removed"))
+    assert len(report.layout) == len(report.reform) - len(report.removed_blocks)
     config = json.loads((out / "config.json").read_text())
     assert len(config[LAYOUT_KEY]) == len(report.layout) and (out / "modeling_edgeprune.py").is_file()
     meta = json.loads((out / "edgeprune.json").read_text())
@@ -232,9 +257,10 @@ def test_latency_model_interpolates_widths_and_spends_the_budget():
     from edgeprune.structured.latency import LatencyCost
 
     spaces, _, scores = _toy_space(blocks=2)
-    cost = LatencyCost(spaces, base_ms=1.0, attn_ms={2: 0.1, 4: 0.2, 6: 0.3}, mlp_widths=(8, 32, 64), mlp_ms=(0.1, 0.4, 0.8))
+    cost = LatencyCost(spaces, base_ms=1.0, block_ms=0.05, attn_ms={2: 0.1, 4: 0.2, 6: 0.3}, mlp_widths=(8, 32, 64), mlp_ms=(0.1, 0.4, 0.8))
     assert cost.mlp(48) == pytest.approx(0.6) and cost.mlp(64) == pytest.approx(0.8)
-    assert cost(dense_arch(spaces)) == pytest.approx(1.0 + 2 * (0.3 + 0.8))
+    assert cost(dense_arch(spaces)) == pytest.approx(1.0 + 2 * (0.05 + 0.3 + 0.8))
+    assert cost(((0, 0), (3, 64))) == pytest.approx(1.0 + 0.05 + 0.3 + 0.8)  # a removed block costs nothing
     budget = 2.6
     arch = greedy_arch(dense_arch(spaces), spaces, scores, cost, budget)
     assert cost(arch) <= budget < cost(dense_arch(spaces))

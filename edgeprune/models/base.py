@@ -119,6 +119,10 @@ class Adapter(ABC):
         """Tell the block's attention module it now has ``num_heads`` query heads (after rows were removed)."""
         raise NotImplementedError(f"structured pruning is not supported for {self.family} models")
 
+    def keep_blocks(self, model: nn.Module, keep: list[int]) -> None:
+        """Remove every block not in ``keep`` (indices, in order); the model and its config stay consistent."""
+        raise NotImplementedError(f"removing blocks is not supported for {self.family} models")
+
     def permutations(self, block: nn.Module) -> list[ChannelPermutation]:
         """Channel reorders this architecture absorbs at zero run-time cost (used to raise N:M quality)."""
         return []

@@ -63,6 +63,11 @@ class BertAdapter(Adapter):
         sa.num_attention_heads = num_heads
         sa.all_head_size = num_heads * sa.attention_head_size
 
+    def keep_blocks(self, model: nn.Module, keep: list[int]) -> None:
+        encoder = self._encoder(model)
+        encoder.layer = nn.ModuleList([encoder.layer[i] for i in keep])
+        model.config.num_hidden_layers = len(keep)
+
     def embed(self, model: nn.Module, input_ids: torch.Tensor):
         return self._embeddings(model)(input_ids=input_ids), None
 

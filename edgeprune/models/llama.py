@@ -68,6 +68,13 @@ class LlamaAdapter(Adapter):
         attn = block.self_attn
         attn.num_key_value_groups = num_heads // (attn.k_proj.out_features // attn.head_dim)
 
+    def keep_blocks(self, model: nn.Module, keep: list[int]) -> None:
+        layers = [model.model.layers[i] for i in keep]
+        for idx, layer in enumerate(layers):  # the KV cache is indexed by layer_idx
+            layer.self_attn.layer_idx = idx
+        model.model.layers = nn.ModuleList(layers)
+        model.config.num_hidden_layers = len(layers)
+
     def embed(self, model: nn.Module, input_ids: torch.Tensor):
         hidden = model.model.embed_tokens(input_ids)
         positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)

@@ -42,6 +42,7 @@ class StructuredConfig:
     score: str = "output"  # per-unit importance: output, wanda-sp, magnitude
     search: str = "evolution"  # evolution, greedy, uniform
     reform: bool = True  # re-fit kept weights to the dense block outputs
+    drop_blocks: bool = True  # evolution may remove whole blocks (fewer layers: less per-layer overhead)
     calib: CalibConfig = field(default_factory=CalibConfig)
     search_samples: int = 8  # calibration windows the search's loss uses (the first ones, cut to search_seqlen)
     search_seqlen: int = 256
@@ -86,6 +87,7 @@ class StructuredReport:
     reform: list[dict]
     seconds: float
     latency: dict | None = None
+    removed_blocks: list[int] = field(default_factory=list)  # indices in the source model
 
     @property
     def kept_fraction(self) -> float:
@@ -95,13 +97,13 @@ class StructuredReport:
         return dataclasses.asdict(self) | {"kept_fraction": round(self.kept_fraction, 6)}
 
 
-def spaces_and_cost(model: nn.Module, adapter, channel_step: int) -> tuple[tuple[Space, ...], ParamCost]:
+def spaces_and_cost(model: nn.Module, adapter, channel_step: int, drop_blocks: bool = False) -> tuple[tuple[Space, ...], ParamCost]:
     """The search space of every block and what each choice costs in parameters."""
     spaces, heads, chans, fixed = [], [], [], []
     for block in adapter.blocks(model):
         units = adapter.units(block)
         groups, per_group = (units.num_kv_heads, units.group_size) if units.group_size > 1 else (1, units.num_heads)
-        spaces.append(Space(groups, per_group, units.channels, max(1, min(channel_step, units.channels // 16))))
+        spaces.append(Space(groups, per_group, units.channels, max(1, min(channel_step, units.channels // 16)), drop_blocks))
         cost = unit_cost(block, adapter)
         heads.append(cost.head)
         chans.append(cost.channel)
@@ -159,7 +161,7 @@ def _fitness(loaded, ids: torch.Tensor, spaces, scores, batch_size: int) -> Call
 def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], calib_ids: torch.Tensor,
                 progress: Progress | None = None) -> tuple[Arch, tuple[Space, ...], dict, dict | None]:
     """Run the search: the architecture, the spaces, the search log and (for a latency budget) the latency model."""
-    spaces, params = spaces_and_cost(loaded.model, loaded.adapter, config.channel_step)
+    spaces, params = spaces_and_cost(loaded.model, loaded.adapter, config.channel_step, config.drop_blocks and config.search == "evolution")
     latency = None
     if config.target_latency_ms is not None:
         from edgeprune.structured.latency import latency_cost
@@ -223,11 +225,15 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
     reform_log = reform_model(loaded.model, loaded.adapter, kept, calib_ids, config.reform, config.reform_damp, config.batch_size,
                               step("reform"))
     for block, (heads, channels) in zip(loaded.adapter.blocks(loaded.model), kept):
-        remove_units(block, loaded.adapter, heads, channels)
+        if heads.numel():
+            remove_units(block, loaded.adapter, heads, channels)
+    removed = [i for i, (heads, _) in enumerate(kept) if heads.numel() == 0]
+    if removed:
+        loaded.adapter.keep_blocks(loaded.model, [i for i in range(len(kept)) if i not in removed])
     after = sum(block_params(b, loaded.adapter) for b in loaded.adapter.blocks(loaded.model))
     target = {"params": config.target_params} if config.target_params is not None else {"latency_ms": config.target_latency_ms, "device": config.latency_device}
     report = StructuredReport(config.score, config.search, target, before, after, model_layout(loaded.model, loaded.adapter),
-                              log, reform_log, 0.0, latency)
+                              log, reform_log, 0.0, latency, removed)
     report.seconds = round(time.perf_counter() - start, 2)
     save_structured(loaded, report, out, config, int(calib_ids.numel()), overwrite)
     return report

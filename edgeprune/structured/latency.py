@@ -1,10 +1,11 @@
 """A measured ONNX Runtime latency model, so the search can spend a latency budget instead of a parameter one.
 
-The dense model is exported and profiled once on the device profile (decode ms/token for decoders, one call
-at 128 tokens for encoders). What each block's width costs is measured with ONNX Runtime on chains of
-MatMuls of exactly the block's shapes, one weight matrix per block (so weights stream from memory as in the
-real model). Predicted latency = dense measurement − the dense blocks' MatMul time + the candidate's.
-Attention over the KV cache, norms and the LM head do not change with the widths: they stay in the base.
+The dense model, and a copy cut to its first two blocks, are exported and profiled on the device profile
+(decode ms/token for decoders, one call at 128 tokens for encoders): their difference is what a block costs
+as a whole, so removing a block also saves its norms, attention over the cache and per-operator overhead.
+What each block's width costs is measured with ONNX Runtime on chains of MatMuls of exactly the block's
+shapes, one weight matrix per block (so weights stream from memory as in the real model). Predicted latency
+= base (embedding, LM head, ...) + per kept block: fixed overhead + its attention and MLP MatMul time.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class LatencyCost:
 
     spaces: tuple[Space, ...]
     base_ms: float
+    block_ms: float  # what a block costs besides the MatMuls that change with its width
     attn_ms: dict[int, float]  # query heads kept in a block → ms per block
     mlp_widths: tuple[int, ...]
     mlp_ms: tuple[float, ...]  # ms per block at each width (interpolated between)
@@ -42,7 +44,7 @@ class LatencyCost:
         return t0 + (t1 - t0) * (width - w0) / (w1 - w0)
 
     def __call__(self, arch: Arch) -> float:
-        return self.base_ms + sum(self.attn_ms[k * s.groups] + self.mlp(c) for (k, c), s in zip(arch, self.spaces))
+        return self.base_ms + sum(self.block_ms + self.attn_ms[k * s.groups] + self.mlp(c) for (k, c), s in zip(arch, self.spaces) if k)
 
 
 def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: int, runs: int = 30) -> float:
@@ -85,13 +87,31 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
     return statistics.median(times)
 
 
-def _dense_ms(loaded, device, threads: int) -> float:
-    """Export the dense model and measure it once on ``device`` (decode p50 ms/token, or one encoder call)."""
+def _measured_ms(loaded, device, threads: int, blocks: list[int] | None = None) -> float:
+    """Export the model (or a copy with only ``blocks``) and measure it once on ``device``: decode p50 ms/token or one encoder call."""
+    import copy
+    import shutil
+
     from edgeprune.onnx import ExportConfig, export
     from edgeprune.profiling import Workload, profile
+    from edgeprune.structured.layout import LAYOUT_KEY, model_layout
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
-        export(loaded.source, Path(tmp) / "onnx", ExportConfig(verify=False))
+        source = loaded.source
+        if blocks is not None:
+            model = copy.deepcopy(loaded.model)
+            loaded.adapter.keep_blocks(model, blocks)
+            source = str(Path(tmp) / "hf")
+            if hasattr(model.config, LAYOUT_KEY):
+                from edgeprune.structured import modeling_edgeprune
+
+                setattr(model.config, LAYOUT_KEY, model_layout(model, loaded.adapter))
+                Path(source).mkdir()
+                shutil.copy2(modeling_edgeprune.__file__, Path(source) / "modeling_edgeprune.py")
+            model.save_pretrained(source)
+            loaded.tokenizer.save_pretrained(source)
+            del model
+        export(source, Path(tmp) / "onnx", ExportConfig(verify=False))
         workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
         report = profile([Path(tmp) / "onnx"], device, [threads], Path(tmp) / "profile", workload=workload)
     run = report.variants[0].runs[0]
@@ -127,11 +147,16 @@ def latency_cost(loaded, spaces: Sequence[Space], config, progress: Callable[[st
     for i, w in enumerate(widths):
         mlp.append(_chain_ms(hidden, [(w, len(units[0].channel_rows))] * n, tokens, threads) / n)
         tick(len(head_counts) + i + 1)
-    dense = _dense_ms(loaded, device, threads)
+    dense = _measured_ms(loaded, device, threads)
+    few = min(2, n - 1)
+    cut = _measured_ms(loaded, device, threads, list(range(few))) if n > 1 else dense
     tick(total)
-    blocks_ms = sum(attn[u.num_heads] + np.interp(u.channels, widths, mlp) for u in units)
-    cost = LatencyCost(tuple(spaces), dense - float(blocks_ms), attn, tuple(widths), tuple(mlp))
+    widths_ms = [attn[u.num_heads] + float(np.interp(u.channels, widths, mlp)) for u in units]
+    per_block = (dense - cut) / (n - few) if n > few else 0.0
+    block_ms = max(0.0, per_block - sum(widths_ms) / n)
+    cost = LatencyCost(tuple(spaces), dense - n * block_ms - sum(widths_ms), block_ms, attn, tuple(widths), tuple(mlp))
     info = {"device": device.name, "threads": threads, "tokens": tokens, "measured_dense_ms": round(dense, 3),
-            "dense_blocks_matmul_ms": round(float(blocks_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
+            f"measured_first_{few}_blocks_ms": round(cut, 3), "block_overhead_ms": round(block_ms, 4),
+            "dense_blocks_matmul_ms": round(sum(widths_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
             "mlp_ms_per_block": {str(w): round(t, 4) for w, t in zip(widths, mlp)}}
     return cost, info

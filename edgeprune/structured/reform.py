@@ -71,7 +71,9 @@ def reform_model(
         for name, keep in targets:
             _zero_cols(block.get_submodule(name), keep)
         entry = {"block": i, "removal_error": _relative_error(ctx)}
-        if reform:
+        if heads.numel() == 0:
+            entry["removed"] = True  # the whole block goes: nothing to re-fit; later blocks see its absence
+        elif reform:
             for name, keep in targets:  # in data-flow order: the MLP sees the re-fitted attention output
                 pair = ctx.collect_pairs([name])[name]
                 linear = block.get_submodule(name)

@@ -21,8 +21,9 @@ from edgeprune.structured.scores import UnitScores
 
 SEARCHES = ("evolution", "greedy", "uniform")
 
-#: per block: (query heads kept per KV group, MLP channels kept)
+#: per block: (query heads kept per KV group, MLP channels kept); (0, 0) = the whole block is removed
 Arch = tuple[tuple[int, int], ...]
+DROPPED = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Space:
     per_group: int
     channels: int
     step: int  # channels move in chunks of this size (keeps matrix widths friendly to kernels)
+    droppable: bool = False  # the search may remove the whole block
 
     @property
     def min_channels(self) -> int:
@@ -56,7 +58,7 @@ class ParamCost:
 
     def __call__(self, arch: Arch) -> float:
         return float(sum(f + h * k * s.groups + c_cost * c
-                         for (k, c), s, h, c_cost, f in zip(arch, self.spaces, self.head, self.channel, self.fixed)))
+                         for (k, c), s, h, c_cost, f in zip(arch, self.spaces, self.head, self.channel, self.fixed) if k))
 
 
 @dataclass
@@ -76,6 +78,9 @@ def kept_units(arch: Arch, spaces: Sequence[Space], scores: Sequence[UnitScores]
     """Per block: the indices of the query heads and channels an architecture keeps (the top-scored ones)."""
     out = []
     for (k, c), space, sc in zip(arch, spaces, scores):
+        if k == 0:
+            out.append((torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
+            continue
         by_group = sc.heads.reshape(space.groups, space.per_group)
         top = by_group.topk(k, dim=1).indices + torch.arange(space.groups)[:, None] * space.per_group
         out.append((top.reshape(-1).sort().values, sc.channels.topk(c).indices.sort().values))
@@ -117,6 +122,8 @@ def greedy_arch(start: Arch, spaces: Sequence[Space], scores: Sequence[UnitScore
 
     def push(i: int):
         k, c = arch[i]
+        if k == 0:
+            return
         head_loss, chan_loss = _chunk_score(scores[i], spaces[i], k, c)
         base = cost(tuple(map(tuple, arch)))
         for kind, loss, new in (("head", head_loss, (k - 1, c)), ("chan", chan_loss, (k, c - spaces[i].step))):
@@ -148,7 +155,7 @@ def _repair(arch: list[list[int]], spaces: Sequence[Space], scores: Sequence[Uni
     while True:
         best, pick = -1.0, None
         for i, ((k, c), s) in enumerate(zip(arch, spaces)):
-            if c + s.step > s.channels:
+            if k == 0 or c + s.step > s.channels:
                 continue
             trial = list(arch)
             trial[i] = (k, c + s.step)
@@ -165,14 +172,24 @@ def _mutate(arch: Arch, spaces: Sequence[Space], rng: random.Random) -> list[lis
     out = [list(a) for a in arch]
     for _ in range(rng.randint(1, 3)):
         i = rng.randrange(len(out))
-        if rng.random() < 0.25 and spaces[i].per_group > 1:
+        roll = rng.random()
+        if roll < 0.1 and spaces[i].droppable:
+            if out[i][0]:
+                out[i] = list(DROPPED)
+            else:  # bring a removed block back at half width; the repair makes room for it
+                out[i] = [max(1, spaces[i].per_group // 2), max(spaces[i].min_channels, spaces[i].channels // 2 // spaces[i].step * spaces[i].step)]
+        elif out[i][0] == 0:
+            continue
+        elif roll < 0.3 and spaces[i].per_group > 1:
             out[i][0] = min(spaces[i].per_group, max(1, out[i][0] + rng.choice((-1, 1))))
         else:
             j = rng.randrange(len(out))
             move = spaces[i].step * rng.randint(1, 4)
-            if out[i][1] - move >= spaces[i].min_channels and out[j][1] + move <= spaces[j].channels:
+            if out[j][0] and out[i][1] - move >= spaces[i].min_channels and out[j][1] + move <= spaces[j].channels:
                 out[i][1] -= move
                 out[j][1] += move
+    if not any(k for k, _ in out):  # never every block
+        return [list(a) for a in arch]
     return out
 
 
@@ -199,6 +216,14 @@ def evolve(
         pool.append(uniform)
     except EdgepruneError:
         pass
+    if any(s.droppable for s in spaces):  # seed: the block whose units matter least removed, its parameters spread over the rest
+        weakest = min((i for i, s in enumerate(spaces) if s.droppable),
+                      key=lambda i: float(scores[i].heads.sum() + scores[i].channels.sum()))
+        seed_arch = [list(a) for a in dense_arch(spaces)]
+        seed_arch[weakest] = list(DROPPED)
+        dropped = _repair(seed_arch, spaces, scores, cost, budget)
+        if dropped not in pool:
+            pool.append(dropped)
     tries = 0
     while len(pool) < population and tries < 50 * population:
         tries += 1
