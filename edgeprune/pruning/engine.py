@@ -126,6 +126,19 @@ class BlockContext:
         apply_results(self.linears(), results)
 
 
+@torch.no_grad()
+def embed_calibration(adapter: Adapter, model: nn.Module, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, Any]:
+    """Hidden states entering block 0 for all calibration ids (in batches), and the context every block needs."""
+    chunks = [adapter.embed(model, b) for b in ids.split(batch_size)]
+    return torch.cat([c[0] for c in chunks]), chunks[0][1]
+
+
+@torch.no_grad()
+def run_block_batched(adapter: Adapter, block: nn.Module, hidden: torch.Tensor, context: Any, batch_size: int) -> torch.Tensor:
+    """One block over all calibration hidden states: the next block's inputs."""
+    return torch.cat([adapter.run_block(block, x, context) for x in hidden.split(batch_size)])
+
+
 def apply_results(linears: dict[str, nn.Linear], results: dict[str, LinearResult]) -> None:
     """The one place where masks become zeros in weights."""
     with torch.no_grad():
@@ -252,10 +265,7 @@ def prune_model(
     if pruner.needs_calibration or error_samples:
         if calib_ids is None:
             raise EdgepruneError(f"method '{pruner.name}' needs calibration data", "pass --calib")
-        with torch.no_grad():
-            chunks = [adapter.embed(model, ids.to(device)) for ids in calib_ids.split(batch_size)]
-        hidden = torch.cat([c[0] for c in chunks])
-        context = chunks[0][1]
+        hidden, context = embed_calibration(adapter, model, calib_ids.to(device), batch_size)
     layers: list[LayerRecord] = []
     errors: list[dict] = []
     gen = torch.Generator().manual_seed(0)
@@ -276,8 +286,7 @@ def prune_model(
         if hidden is not None:
             if error_samples:
                 errors.append({"block": i, "error": _block_attention_error(adapter, block, dense_block, hidden[:error_samples], context)})
-            with torch.no_grad():
-                hidden = torch.cat([adapter.run_block(block, x, context) for x in hidden.split(batch_size)])
+            hidden = run_block_batched(adapter, block, hidden, context, batch_size)
         del dense_block
         if progress:
             progress(i + 1, len(blocks))

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgeprune.models.base import Adapter
-from edgeprune.pruning.engine import BlockContext
+from edgeprune.pruning.engine import BlockContext, embed_calibration, run_block_batched
 
 
 def ridge_refit(w_dense: torch.Tensor, h_pruned: torch.Tensor, cross: torch.Tensor, keep: torch.Tensor, damp: float) -> torch.Tensor:
@@ -60,8 +60,7 @@ def reform_model(
     Returns per block the relative block-output error after removal alone and after reformation.
     """
     blocks = adapter.blocks(model)
-    chunks = [adapter.embed(model, ids) for ids in calib_ids.split(batch_size)]
-    hidden, context = torch.cat([c[0] for c in chunks]), chunks[0][1]
+    hidden, context = embed_calibration(adapter, model, calib_ids, batch_size)
     log = []
     for i, (block, (heads, channels)) in enumerate(zip(blocks, kept)):
         units = adapter.units(block)
@@ -81,7 +80,7 @@ def reform_model(
                 linear.weight.copy_(ridge_refit(dense_w.float(), pair.pp.value, pair.cross, keep.to(dense_w.device), damp).to(linear.weight.dtype))
             entry["reformed_error"] = _relative_error(ctx)
         log.append(entry)
-        hidden = torch.cat([adapter.run_block(block, x, context) for x in hidden.split(batch_size)])
+        hidden = run_block_batched(adapter, block, hidden, context, batch_size)
         ctx.dense_block = None
         if progress:
             progress(i + 1, len(blocks))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgeprune.models.base import Adapter, Units
-from edgeprune.pruning.engine import BlockContext
+from edgeprune.pruning.engine import BlockContext, embed_calibration, run_block_batched
 from edgeprune.pruning.kernels import ColumnSquareNorms, Hessian
 from edgeprune.registry import Registry
 
@@ -98,14 +98,13 @@ def score_model(model: nn.Module, adapter: Adapter, calib_ids: torch.Tensor, sco
     """Scores of every block's units, from one layer-by-layer pass of the dense model over the calibration ids."""
     fn = SCORES.get(score)
     blocks = adapter.blocks(model)
-    chunks = [adapter.embed(model, ids) for ids in calib_ids.split(batch_size)]
-    hidden, context = torch.cat([c[0] for c in chunks]), chunks[0][1]
+    hidden, context = embed_calibration(adapter, model, calib_ids, batch_size)
     out = []
     for i, block in enumerate(blocks):
         units = adapter.units(block)
         ctx = BlockContext(i, adapter.block_prefix(model, i), block, adapter, hidden, context, {}, batch_size, None)
         out.append(fn(block_weights(block, units), units, block_stats(ctx, units)))
-        hidden = torch.cat([adapter.run_block(block, x, context) for x in hidden.split(batch_size)])
+        hidden = run_block_batched(adapter, block, hidden, context, batch_size)
         if progress:
             progress(i + 1, len(blocks))
     return out
