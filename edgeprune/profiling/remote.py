@@ -259,8 +259,9 @@ class RemoteSession:
                                  f"run: {self.ssh.shown()} {shlex.quote(self.python)} -m pip install onnxruntime numpy")
         self.root, self._cached = found["remote_dir"], set(found["cached"])
         if "run_dir" not in found:
-            raise EdgepruneError(f"not enough space on {self.target}: the models need {_mib(found['needed_bytes'])} in "
-                                 f"{self.root}, {_mib(found['free_bytes'])} is free",
+            raise EdgepruneError(f"not enough space on {self.target}: {_mib(found['free_bytes'])} free in {self.root}, "
+                                 f"{_mib(found['needed_bytes'] + SPACE_MARGIN_BYTES)} needed ({_mib(found['needed_bytes'])} of "
+                                 f"models not cached there + {_mib(SPACE_MARGIN_BYTES)} for results)",
                                  "free some space there, or set remote_dir in the device profile to a larger disk")
         self.run_dir = found["run_dir"]
         self.host = dict(found["host"], target=str(self.target))
@@ -354,8 +355,12 @@ class RemoteSession:
             self._run_dir_gone = self._proc.returncode == 0  # the runner removes its folder on the way out
         else:
             code = self._proc.returncode
-            self.lost = (f"the ssh connection to {self.target} was lost ({_last_line(err)})" if code == 255 else
-                         f"the runner on {self.target} stopped with exit code {code}" + (f" ({_last_line(err)})" if err.strip() else ""))
+            if code == 255 and err.strip():
+                self.lost = f"the ssh connection to {self.target} was lost ({_last_line(err)})"
+            elif code == 255:  # ssh says nothing when the remote command dies of a signal
+                self.lost = f"the runner on {self.target} was killed before it finished"
+            else:
+                self.lost = f"the runner on {self.target} stopped with exit code {code}" + (f" ({_last_line(err)})" if err.strip() else "")
         for index in range(len(jobs)):
             if index not in finished:
                 yield index, None, None
