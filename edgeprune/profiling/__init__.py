@@ -395,9 +395,8 @@ def _jobs(variants: list[_Variant], device: DeviceProfile, threads: Sequence[int
     usable = len(cores) if cores else len(machine["usable_cores"])
     threads = list(threads) if threads else [device.intra_op_threads or usable]
     if max(threads) > usable:
-        where = "the device" if on else "here"
-        notes.append(f"{_on(on)}{max(threads)} threads run on {usable} usable core(s) {where}: oversubscribed, so slower than "
-                     "with a core per thread")
+        notes.append(f"{_on(on)}{max(threads)} threads run on {usable} usable core(s) {'there' if on else 'here'}: oversubscribed"
+                     + ("" if on else ", so slower than on the device"))
     jobs = []
     for i, v in enumerate(variants):
         for n in threads:

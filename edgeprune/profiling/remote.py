@@ -140,7 +140,8 @@ class Ssh:
             return subprocess.run(self.argv(command), input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
                                   capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise EdgepruneError(f"{self.target} did not answer within {timeout:.0f}s", "check the device is up and not overloaded") from None
+            raise EdgepruneError(f"{self.target} did not answer within {timeout:.0f}s",
+                                 "check the device is up and not overloaded") from None
 
     def shown(self) -> str:
         """The ssh command line a person would type to reach the device."""
@@ -154,7 +155,8 @@ class Ssh:
         last = lines[-1] if lines else "no message"
         text = stderr.lower()
         if "could not resolve hostname" in text:
-            return EdgepruneError(f"unknown host '{t.host}' ({last})", "check the name in the ssh:// address, or use the device's IP address")
+            return EdgepruneError(f"unknown host '{t.host}' ({last})",
+                                  "check the name in the ssh:// address, or use the device's IP address")
         if any(s in text for s in ("connection refused", "timed out", "no route to host", "network is unreachable", "connection reset")):
             return EdgepruneError(f"cannot reach {t}: {last}", f"check that the device is on and runs sshd on port {t.port or 22}")
         if "remote host identification has changed" in text or "offending" in text or "host key mismatch" in text:
@@ -247,10 +249,12 @@ class RemoteSession:
             raise self.ssh.failure(err, "connecting")
         if version is None:
             raise EdgepruneError(f"{self.target} has no Python at '{self.python}' ({_last_line(err)})",
-                                 f"install Python 3.9 or newer there, or name it with --remote-python (or remote_python in the device profile)")
+                                 "install Python 3.9 or newer there, or name it with --remote-python "
+                                 "(or remote_python in the device profile)")
         if found is None and tuple(int(x) for x in version.split(".")[:2]) < (3, 9):
             raise EdgepruneError(f"Python at '{self.python}' on {self.target} is {version}; the runner needs 3.9 or newer",
-                                 "install a newer Python there and name it with --remote-python (or remote_python in the device profile)")
+                                 "install a newer Python there and name it with --remote-python "
+                                 "(or remote_python in the device profile)")
         if found is None:
             raise EdgepruneError(f"checking {self.target} failed: {_last_line(err)}", f"run {self.ssh.shown()} by hand to see why")
         missing = [name for name in ("onnxruntime", "numpy") if found.get(name) is None]
@@ -313,7 +317,8 @@ class RemoteSession:
 
     # --- measuring --------------------------------------------------------------------------------------------------
 
-    def measure(self, jobs: list, limit_mb: float | None, timeout_s: float, trace_dir: Path | None) -> Iterator[tuple[int, dict | None, Path | None]]:
+    def measure(self, jobs: list, limit_mb: float | None, timeout_s: float,
+                trace_dir: Path | None) -> Iterator[tuple[int, dict | None, Path | None]]:
         """Run ``jobs`` (runner.Job, their specs naming graph_path()s) on the device; yield (index, the supervisor's
         outcome, trace file here) as each finishes, then (index, None, None) for any the device did not finish."""
         plan = {"models_dir": f"{self.root}/models", "models": sorted(self._models),
@@ -360,7 +365,8 @@ class RemoteSession:
             elif code == 255:  # ssh says nothing when the remote command dies of a signal
                 self.lost = f"the runner on {self.target} was killed before it finished"
             else:
-                self.lost = f"the runner on {self.target} stopped with exit code {code}" + (f" ({_last_line(err)})" if err.strip() else "")
+                self.lost = (f"the runner on {self.target} stopped with exit code {code}"
+                             + (f" ({_last_line(err)})" if err.strip() else ""))
         for index in range(len(jobs)):
             if index not in finished:
                 yield index, None, None
