@@ -268,7 +268,9 @@ class RemoteSession:
                                  f"models not cached there + {_mib(SPACE_MARGIN_BYTES)} for results)",
                                  "free some space there, or set remote_dir in the device profile to a larger disk")
         self.run_dir = found["run_dir"]
-        self.host = dict(found["host"], target=str(self.target))
+        self.host = h = dict(found["host"], target=str(self.target))
+        self.progress(f"{self.target}: {h['cpu']}, {len(h['usable_cores'])} usable cores, {h['memory_mb']} MiB RAM; "
+                      f"Python {h['python']}, numpy {h['numpy']}, onnxruntime {h['onnxruntime']}")
         return self.host
 
     def graph_path(self, model: RemoteModel, graph_name: str) -> str:
@@ -284,6 +286,9 @@ class RemoteSession:
         upload = [m for k, m in self._models.items() if k not in self._cached]
         for m in upload:
             for name in m.files:
+                if Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise EdgepruneError(f"'{m.folder}' refers to external data '{name}' outside its folder",
+                                         "keep the graph and its external data in one folder (re-export it)")
                 link = self._stage / "upload" / m.key / name
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to((m.folder / name).resolve())  # scp -r follows links: the files are not copied here
