@@ -43,6 +43,7 @@ _LAZY = {
     "load_recipe": "edgeprune.recipes",
     "profile": "edgeprune.profiling",
     "Workload": "edgeprune.profiling",
+    "SshOptions": "edgeprune.profiling",
     "load_device": "edgeprune.profiling.devices",
     "EdgepruneError": "edgeprune.errors",
 }

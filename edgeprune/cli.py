@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
@@ -356,18 +357,35 @@ def profile_(
     warmup: Optional[int] = typer.Option(None, help="override the profile's warm-up runs"),
     runs: Optional[int] = typer.Option(None, help="override the profile's timed runs"),
     op_profile: bool = typer.Option(True, help="also run ORT's profiler (separate session) for the op breakdown"),
+    remote: Optional[str] = typer.Option(None, help="measure on this device over ssh, ssh://user@host[:port] (default: the profile's remote)"),
+    identity: Optional[Path] = typer.Option(None, help="ssh private key for the device (ssh -i)"),
+    remote_python: Optional[str] = typer.Option(None, help="the device's Python with numpy and onnxruntime (default python3)"),
+    accept_new_host_key: bool = typer.Option(False, help="trust the device's host key if it is not in known_hosts yet (a changed key is still refused)"),
+    known_hosts: Optional[Path] = typer.Option(None, help="known_hosts file to check the device's host key against (default: ssh's)"),
+    local: bool = typer.Option(False, "--local", help="measure on this host even when the profile names a remote device"),
+    also_local: bool = typer.Option(False, "--also-local", help="measure on this host and on the remote device, side by side"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
-    """Profile ONNX graphs with ONNX Runtime under a device profile, each variant in a fresh process; compare side by side."""
+    """Profile ONNX graphs with ONNX Runtime under a device profile, each variant in a fresh process; compare side by side.
 
-    from edgeprune.profiling import ProfileConfig, Workload, load_device, profile as run_profile
+    With a remote device (--remote, or remote = "ssh://..." in the profile) the same measurements run there over ssh."""
+    import dataclasses
 
+    from edgeprune.profiling import ProfileConfig, SshOptions, Workload, load_device, profile as run_profile
+
+    if local and (also_local or remote):
+        raise EdgepruneError("--local measures on this host only", "drop --local, or drop --remote / --also-local")
     workload = Workload(tuple(_int_list(prompt_lengths, "prompt-lengths")), decode_tokens, tuple(_int_list(batch_sizes, "batch-sizes")),
                         tuple(_int_list(seq_lengths, "seq-lengths")), op_profile)
     config = ProfileConfig(tuple(_int_list(threads, "threads")) if threads is not None else None, strict, workload, warmup, runs)
-    profile_device = config.device(load_device(device))
-    report = run_profile(onnx_dirs, profile_device, config.threads, out, strict=config.strict, workload=config.workload,
-                         overwrite=overwrite, progress=lambda line: typer.echo(line, err=True))
+    overrides = {k: v for k, v in (("remote", remote), ("identity", str(identity) if identity else None),
+                                   ("remote_python", remote_python)) if v is not None}
+    profile_device = dataclasses.replace(config.device(load_device(device)), **overrides)
+    ssh = SshOptions(accept_new_host_key=accept_new_host_key, known_hosts=str(known_hosts) if known_hosts else None)
+    where = "local" if local else "both" if also_local else "device"
+    with _sigterm_as_interrupt():
+        report = run_profile(onnx_dirs, profile_device, config.threads, out, strict=config.strict, workload=config.workload,
+                             overwrite=overwrite, progress=lambda line: typer.echo(line, err=True), where=where, ssh=ssh)
     for note in report.notes:
         typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
     for v in report.variants:
@@ -381,7 +399,8 @@ def profile_(
             verdict = "" if not r.budgets else "; budgets " + ("pass" if all(b.passed for b in r.budgets) else
                                                               "FAIL: " + ", ".join(b.name for b in r.budgets if not b.passed))
             typer.echo(f"{v.name} @ {r.threads}t: " + ", ".join(figures) + verdict + ("; UNSTABLE" if r.unstable else ""))
-    typer.echo(f"report → {out}/report.html (measured on this host, not scaled to '{profile_device.name}')")
+    targets = list(dict.fromkeys(v.remote["target"] if v.remote else "this host" for v in report.variants))
+    typer.echo(f"report → {out}/report.html (measured on {' and '.join(targets)}, not scaled to '{profile_device.name}')")
 
 
 @app.command()
@@ -469,22 +488,29 @@ def _print_summary(result) -> None:
         typer.echo(f"report → {result.report} (and report.md)")
 
 
-def _run(recipe: str, out: Optional[Path], devices: list, sets: list) -> None:
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """`kill` behaves like Ctrl-C: temporary folders (here and on a remote device) are removed on the way out."""
     import signal
 
-    from edgeprune.recipes import run_recipe
-
-    def stop(signum, frame):  # `kill` behaves like Ctrl-C: the running step's temporary folder is removed
+    def stop(signum, frame):
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        with _RunProgress() as progress:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(recipe: str, out: Optional[Path], devices: list, sets: list) -> None:
+    from edgeprune.recipes import run_recipe
+
+    try:
+        with _sigterm_as_interrupt(), _RunProgress() as progress:
             result = run_recipe(recipe, out, devices or None, sets, progress=progress)
     except KeyboardInterrupt:
         _fail("interrupted; finished steps are kept, run the same command again to resume", 130)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     _print_summary(result)
 
 

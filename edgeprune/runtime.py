@@ -22,14 +22,8 @@ def resolve_device(name: str = "cpu") -> str:
 
 
 def cpu_name() -> str:
-    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo), else the architecture."""
-    import platform
-    from pathlib import Path
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo), else the architecture. Defined in the profiling
+    worker, which runs on remote devices without edgeprune installed and reports their CPU the same way."""
+    from edgeprune.profiling.worker import cpu_name as read
 
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return read()

@@ -78,6 +78,24 @@ def tiny_llama_lively_dir(tmp_path_factory, tiny_tokenizer):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
+    """Tiny Llama (merged decoder with KV cache) and tiny BERT, exported once per session."""
+    import torch
+
+    from edgeprune.onnx import ExportConfig, export
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("profiling-onnx")
+    try:
+        export(str(tiny_llama_dir), root / "llama", ExportConfig(verify=False))
+        export(str(tiny_bert_dir), root / "bert", ExportConfig(verify=False))
+    finally:
+        torch.set_num_threads(threads)
+    return root / "llama", root / "bert"
+
+
 def error_line(result) -> str:
     """The single ``error: ...`` line a failed CLI call must print on stderr."""
     lines = [l for l in result.stderr.strip().splitlines() if l.strip()]

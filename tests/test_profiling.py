@@ -28,24 +28,6 @@ FAST = DeviceProfile(name="test-tiny", intra_op_threads=1, warmup=2, runs=4, mem
                      execution_providers=("XnnpackExecutionProvider", "CPUExecutionProvider"))
 
 
-@pytest.fixture(scope="session")
-def tiny_onnx(tmp_path_factory, tiny_llama_dir, tiny_bert_dir):
-    """Tiny Llama (merged decoder with KV cache) and tiny BERT, exported once per session."""
-    import torch
-
-    from edgeprune.onnx import ExportConfig, export
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("profiling-onnx")
-    try:
-        export(str(tiny_llama_dir), root / "llama", ExportConfig(verify=False))
-        export(str(tiny_bert_dir), root / "bert", ExportConfig(verify=False))
-    finally:
-        torch.set_num_threads(threads)
-    return root / "llama", root / "bert"
-
-
 @pytest.fixture(scope="module")
 def report_dir(tmp_path_factory, tiny_onnx):
     out = tmp_path_factory.mktemp("profiling-report") / "report"

@@ -1,28 +1,32 @@
 """Profiling exported ONNX graphs with ONNX Runtime under a device profile: each variant × thread count in its own
 fresh process, latency (TTFT and decode with the KV cache for decoders), memory sampled from outside, ORT's op
-profile, budgets as pass/fail, and a report folder (report.json, report.md, report.html).
+profile, budgets as pass/fail, and a report folder (report.json, report.md, report.html). On this host, or on the
+real device over ssh (remote.py) with the same worker, or both side by side.
 
     edgeprune profile out/smol-onnx out/smol-2of4-onnx --device devices/laptop-x86-4t.toml --threads 1,2 --out runs/smol
+    edgeprune profile out/smol-int4 --device devices/edge-arm-2t.toml --remote ssh://pi@raspberrypi.local --also-local --out runs/pi
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
-import platform
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.profiling.devices import DeviceProfile, load_device
+from edgeprune.profiling.remote import SshOptions
 from edgeprune.profiling.results import Budget, Report, RunResult, VariantResult
 
 REPORT_DIR = Path("runs/profile")
 STRICT_REPEATS = 3
 STRICT_TOLERANCE = 0.05
+WHERE = ("device", "local", "both")
 
 
 @dataclass(frozen=True)
@@ -212,28 +216,25 @@ def _variants(onnx_dirs: Sequence[str | Path], labels: Sequence[str] | None = No
     return out
 
 
-def _providers(device: DeviceProfile, notes: list[str]) -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
+def _providers(device: DeviceProfile, available: list[str], notes: list[str], on: str = "") -> list[str]:
+    """The profile's execution providers that ``available`` (the measuring machine's onnxruntime) has, CPU last."""
     missing = [p for p in device.execution_providers if p not in available]
     if missing and device.require_providers:
-        raise EdgepruneError(f"execution provider {missing[0]} (device profile '{device.name}') is not installed in this "
-                             f"onnxruntime; installed: {', '.join(available)}",
+        raise EdgepruneError(f"execution provider {missing[0]} (device profile '{device.name}') is not installed in "
+                             f"{'the' if on else 'this'} onnxruntime{' on ' + on if on else ''}; installed: {', '.join(available)}",
                              "install an onnxruntime build with it, or set require_providers = false to fall back to CPU")
     chosen = [p for p in device.execution_providers if p in available]
     if missing:
         fallback = chosen if "CPUExecutionProvider" in chosen else chosen + ["CPUExecutionProvider"]
-        notes.append(f"execution provider(s) {', '.join(missing)} not installed in this onnxruntime; "
+        notes.append(f"{_on(on)}execution provider(s) {', '.join(missing)} not installed in {'the' if on else 'this'} onnxruntime; "
                      f"fell back to {' → '.join(fallback)}")
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
 
 
-def _cores(device: DeviceProfile, notes: list[str]) -> list[int] | None:
-    """The profile's cores that exist here; clamped (and said so) when this host lacks some."""
-    host = sorted(os.sched_getaffinity(0))
+def _cores(device: DeviceProfile, host: list[int], notes: list[str], on: str = "") -> list[int] | None:
+    """The profile's cores that exist on the measuring machine (``host``: its usable cores); clamped, and said so."""
     if device.cores is None:
         return None
     wanted = list(device.cores)
@@ -241,21 +242,19 @@ def _cores(device: DeviceProfile, notes: list[str]) -> list[int] | None:
     if present == wanted:
         return wanted
     clamped = present or host[: len(wanted)]
-    notes.append(f"the profile pins cores {wanted}, but this host only offers cores {host}; pinned to {clamped} instead")
+    notes.append(f"{_on(on)}the profile pins cores {wanted}, but {'the device' if on else 'this host'} only offers cores {host}; "
+                 f"pinned to {clamped} instead")
     return clamped
 
 
+def _on(on: str) -> str:
+    return f"on {on}: " if on else ""
+
+
 def _host() -> dict:
-    import onnxruntime as ort
-    import psutil
+    from edgeprune.profiling.worker import host_info
 
-    from edgeprune.runtime import cpu_name
-
-    return {
-        "cpu": cpu_name(), "machine": platform.machine(), "system": platform.platform(), "logical_cores": os.cpu_count(),
-        "usable_cores": sorted(os.sched_getaffinity(0)), "memory_mb": round(psutil.virtual_memory().total / 2**20),
-        "python": platform.python_version(), "onnxruntime": ort.__version__, "load_average_start": list(os.getloadavg()),
-    }
+    return host_info()
 
 
 def _budgets(device: DeviceProfile, run: RunResult) -> list[Budget]:
@@ -310,20 +309,30 @@ def profile(
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     names: Sequence[str] | None = None,
+    where: str = "device",
+    ssh: SshOptions = SshOptions(),
 ) -> Report:
     """Measure each ONNX folder (or .onnx file) at each thread count under ``device``; write report.json/.md/.html to ``out``.
 
-    ``names`` label the variants in the report (default: their folder names)."""
+    ``names`` label the variants in the report (default: their folder names). ``where``: "device" measures where the
+    device profile says, on its ``remote`` over ssh when it names one, else on this host; "local" on this host only
+    (emulating the device); "both" on this host and on the remote, side by side in one report, the variants named
+    NAME@local and NAME@HOST. ``ssh`` says how far to trust the device's host key. If the remote run stops early
+    (connection lost, runner killed), the report is still written with what was measured, then RemoteRunLost is raised."""
     from edgeprune.io import atomic_dir, check_out_dir
-    from edgeprune.profiling.ops import summarize_trace
-    from edgeprune.profiling.runner import measure
-    from edgeprune.report import write_report
+    from edgeprune.profiling.remote import RemoteRunLost, parse_target
 
     _require_ort()
     if not isinstance(device, DeviceProfile):
         device = load_device(device)
     if not onnx_dirs:
         raise EdgepruneError("no ONNX folder given", "pass one or more folders written by edgeprune export")
+    if where not in WHERE:
+        raise EdgepruneError(f"where '{where}' is unknown", f"use one of {', '.join(WHERE)}")
+    remote = parse_target(device.remote) if device.remote and where != "local" else None
+    if where == "both" and remote is None:
+        raise EdgepruneError("measuring both here and on the device needs a remote device",
+                             "pass --remote ssh://user@host, or set remote in the device profile")
     check_out_dir(out, overwrite)
     if threads is not None:
         threads = list(threads)
@@ -331,56 +340,131 @@ def profile(
             raise EdgepruneError(f"thread counts {threads} must all be 1 or more", "pass e.g. --threads 1,2,4")
     variants = _variants(onnx_dirs, names)
     notes: list[str] = []
-    providers = _providers(device, notes)
-    cores = _cores(device, notes)
-    usable = len(cores) if cores else len(os.sched_getaffinity(0))
-    if threads is None:
-        threads = [device.intra_op_threads or usable]
-    if max(threads) > usable:
-        notes.append(f"{max(threads)} threads run on {usable} usable core(s) here: oversubscribed, so slower than on the device")
-    host = _host()
-    report = Report(device=device.to_dict(), host=host, variants=[], notes=notes, strict=strict,
+    for v in variants:
+        if device.quantization != "none" and v.quantization != device.quantization:
+            notes.append(f"{v.name} is {v.quantization if v.quantization != 'none' else 'not quantised'}; "
+                         f"the profile's preset is {device.quantization}")
+    here = remote is None or where == "both"
+    report = Report(device=device.to_dict(), host=_host(), variants=[], notes=notes, strict=strict,
                     created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     workload={k: list(v) if isinstance(v, tuple) else v for k, v in workload.__dict__.items()})
-    with atomic_dir(out, overwrite) as tmp:
-        for v in variants:
-            result = VariantResult(v.name, str(v.graph), v.kind, v.size_bytes, v.files, v.quantization, v.quality)
-            if device.quantization != "none" and v.quantization != device.quantization:
-                notes.append(f"{v.name} is {v.quantization if v.quantization != 'none' else 'not quantised'}; "
-                             f"the profile's preset is {device.quantization}")
-            for n in threads:
-                spec = {
-                    "graph": str(v.graph), "threads": n, "cores": cores, "providers": providers,
-                    "graph_optimization": device.graph_optimization, "cpu_mem_arena": device.cpu_mem_arena,
-                    "mem_pattern": device.mem_pattern, "warmup": device.warmup, "runs": device.runs,
-                    "min_seconds": device.min_seconds, "vocab": v.vocab, "prompt_lengths": list(workload.prompt_lengths),
-                    "decode_tokens": workload.decode_tokens, "batch_sizes": list(workload.batch_sizes),
-                    "seq_lengths": list(workload.seq_lengths),
-                }
-                repeats = []
-                for r in range(STRICT_REPEATS if strict else 1):
-                    if progress:
-                        progress(f"{v.name}: {n} thread(s)" + (f", repeat {r + 1}/{STRICT_REPEATS}" if strict else ""))
-                    trace_name = f"{_slug(v.name)}-t{n}" + (f"-r{r + 1}" if strict else "") + ".json"
-                    run, trace = measure(spec, device.memory_limit_mb, workload.timeout_s,
-                                         tmp / "traces" if workload.op_profile else None, trace_name)
-                    if trace is not None:
-                        run.op_profile = summarize_trace(trace, f"traces/{trace_name}")
-                    run.budgets = _budgets(device, run) if run.ok else []
-                    if run.ok and run.reason:
-                        notes.append(f"{v.name} @ {n} thread(s): {run.reason}")
-                    if progress and not run.ok:
-                        progress(f"  failed: {run.reason}")
-                    repeats.append(run)
-                result.runs.append(_strict(repeats) if strict else repeats[0])
-            report.variants.append(result)
+    with atomic_dir(out, overwrite) as tmp, contextlib.ExitStack() as stack:
+        trace_dir = tmp / "traces" if workload.op_profile else None
+        session = None
+        if remote is not None:  # checked first: a device that cannot measure fails before any time is spent here
+            from edgeprune.profiling.remote import RemoteModel, RemoteSession, model_key
+
+            session = stack.enter_context(RemoteSession(device, ssh, progress))
+            models = {v.name: RemoteModel(v.graph.parent, v.files, model_key(v.graph.parent, v.files)) for v in variants}
+            machine = session.connect(list({m.key: m for m in models.values()}.values()))
+        if here:
+            suffix = "@local" if remote else ""
+            jobs = _jobs(variants, device, threads, strict, workload, report.host, notes, suffix)
+            report.variants += _collect(variants, jobs, _measure_here(jobs, device, workload, trace_dir, progress), device,
+                                        strict, suffix, {}, notes, progress)
+        if session is not None:
+            suffix = "@" + remote.host if here else ""
+            jobs = _jobs(variants, device, threads, strict, workload, machine, notes, suffix, str(remote),
+                         graph_of=lambda v: session.graph_path(models[v.name], v.graph.name))
+            measured = _measure_remote(session, jobs, device, workload, trace_dir)
+            report.variants += _collect(variants, jobs, measured, device, strict, suffix, machine, notes, progress)
+            session.close()
+            notes += session.notes
+            if session.lost:
+                notes.append(f"the remote run stopped early: {session.lost}; the measurements it did not finish are marked failed")
         report.host["load_average_end"] = list(os.getloadavg())
+        from edgeprune.report import write_report
+
         write_report(report, tmp)
+    lost = session.lost if session is not None else None
+    if lost:
+        done = sum(r.ok for v in report.variants if v.remote for r in v.runs)
+        total = sum(len(v.runs) for v in report.variants if v.remote)
+        raise RemoteRunLost(f"{lost}; {done} of {total} remote measurements finished and are kept in {Path(out) / 'report.json'}",
+                            "check the device (power, network, memory) and run again", report)
     return report
+
+
+def _jobs(variants: list[_Variant], device: DeviceProfile, threads: Sequence[int] | None, strict: bool, workload: Workload,
+          machine: dict, notes: list[str], suffix: str, on: str = "", graph_of: Callable[[_Variant], str] | None = None) -> list:
+    """Every measurement to take on one machine (``machine``: its host info), in order: variant × threads × repeat."""
+    from edgeprune.profiling.runner import Job
+
+    providers = _providers(device, machine["providers"], notes, on)
+    cores = _cores(device, machine["usable_cores"], notes, on)
+    usable = len(cores) if cores else len(machine["usable_cores"])
+    threads = list(threads) if threads else [device.intra_op_threads or usable]
+    if max(threads) > usable:
+        notes.append(f"{_on(on)}{max(threads)} threads run on {usable} usable core(s) {'there' if on else 'here'}: oversubscribed"
+                     + ("" if on else ", so slower than on the device"))
+    jobs = []
+    for i, v in enumerate(variants):
+        for n in threads:
+            spec = {
+                "graph": graph_of(v) if graph_of else str(v.graph), "threads": n, "cores": cores, "providers": providers,
+                "graph_optimization": device.graph_optimization, "cpu_mem_arena": device.cpu_mem_arena,
+                "mem_pattern": device.mem_pattern, "warmup": device.warmup, "runs": device.runs,
+                "min_seconds": device.min_seconds, "vocab": v.vocab, "prompt_lengths": list(workload.prompt_lengths),
+                "decode_tokens": workload.decode_tokens, "batch_sizes": list(workload.batch_sizes),
+                "seq_lengths": list(workload.seq_lengths),
+            }
+            for r in range(STRICT_REPEATS if strict else 1):
+                label = f"{v.name}{suffix}: {n} thread(s)" + (f", repeat {r + 1}/{STRICT_REPEATS}" if strict else "")
+                trace_name = f"{_slug(v.name + suffix)}-t{n}" + (f"-r{r + 1}" if strict else "") + ".json"
+                jobs.append(Job(spec, label, trace_name, i, n))
+    return jobs
+
+
+def _measure_here(jobs: list, device: DeviceProfile, workload: Workload, trace_dir: Path | None, progress) -> Iterator:
+    from edgeprune.profiling.runner import measure
+
+    for job in jobs:
+        if progress:
+            progress(job.label)
+        run, trace = measure(job.spec, device.memory_limit_mb, workload.timeout_s, trace_dir, job.trace_name)
+        yield job, run, trace
+
+
+def _measure_remote(session, jobs: list, device: DeviceProfile, workload: Workload, trace_dir: Path | None) -> Iterator:
+    from edgeprune.profiling.runner import run_result
+
+    for index, outcome, trace in session.measure(jobs, device.memory_limit_mb, workload.timeout_s, trace_dir):
+        job = jobs[index]
+        if outcome is None:
+            run = RunResult(threads=job.threads, status="failed", reason=f"not measured: {session.lost}")
+        else:
+            run = run_result(outcome, job.spec, device.memory_limit_mb, workload.timeout_s)
+        yield job, run, trace
+
+
+def _collect(variants: list[_Variant], jobs: list, measured: Iterator, device: DeviceProfile, strict: bool, suffix: str,
+             remote: dict, notes: list[str], progress) -> list[VariantResult]:
+    """Finish each measurement as it arrives (op profile, budgets, notes) and group them into VariantResults."""
+    from edgeprune.profiling.ops import summarize_trace
+
+    runs: dict[tuple[int, int], list[RunResult]] = {}
+    for job, run, trace in measured:
+        if trace is not None:
+            run.op_profile = summarize_trace(trace, f"traces/{job.trace_name}")
+        run.budgets = _budgets(device, run) if run.ok else []
+        name = variants[job.variant].name + suffix
+        if run.ok and run.reason:
+            notes.append(f"{name} @ {job.threads} thread(s): {run.reason}")
+        if progress and not run.ok:
+            progress(f"  failed: {run.reason}")
+        runs.setdefault((job.variant, job.threads), []).append(run)
+    out = []
+    for i, v in enumerate(variants):
+        result = VariantResult(v.name + suffix, str(v.graph), v.kind, v.size_bytes, v.files, v.quantization, v.quality, remote=remote)
+        for n in dict.fromkeys(j.threads for j in jobs if j.variant == i):
+            repeats = runs[(i, n)]
+            result.runs.append(_strict(repeats) if strict else repeats[0])
+        out.append(result)
+    return out
 
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
-__all__ = ["DeviceProfile", "ProfileConfig", "REPORT_DIR", "Report", "Workload", "load_device", "profile"]
+__all__ = ["DeviceProfile", "ProfileConfig", "REPORT_DIR", "Report", "SshOptions", "Workload", "load_device", "profile"]

@@ -1,5 +1,6 @@
 """Device profiles: plain TOML files in devices/ describing a target (threads, cores, execution providers,
-memory and latency budgets, how long to measure), loaded into a frozen, strictly validated dataclass.
+memory and latency budgets, how long to measure, and optionally the real device to measure on over ssh), loaded
+into a frozen, strictly validated dataclass.
 
     edgeprune profile out/smol-onnx --device devices/phone-arm-big4.toml --out runs/smol-phone
 """
@@ -40,6 +41,11 @@ class DeviceProfile:
     warmup: int = 10
     runs: int = 30
     min_seconds: float = 0.0  # keep measuring until both `runs` and this duration are reached
+    # The real device, when there is one: profiling runs there over ssh (`--local` emulates it here instead).
+    remote: str | None = None  # ssh://user@host[:port]
+    remote_python: str = "python3"  # the device's Python (>= 3.9, with numpy and onnxruntime)
+    identity: str | None = None  # ssh private key (ssh -i); None: ssh's own choice (agent, ~/.ssh/config, default keys)
+    remote_dir: str = "~/.cache/edgeprune-remote"  # on the device: models/<sha256>/ (kept, reused) and runs/ (removed)
 
     def __post_init__(self):
         def bad(key, problem, fix):
@@ -67,6 +73,13 @@ class DeviceProfile:
             bad("runs", f"is {self.runs}", "use 1 or more")
         if self.min_seconds < 0:
             bad("min_seconds", f"is {self.min_seconds}", "use 0 or more")
+        if self.remote is not None:
+            from edgeprune.profiling.remote import parse_target
+
+            parse_target(self.remote)
+        for key in ("remote_python", "remote_dir"):
+            if not getattr(self, key).strip():
+                bad(key, "is empty", f"leave {key} out for the default, or name a path on the device")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)

@@ -212,6 +212,9 @@ class VariantResult:
     quantization: str = "none"  # none | int8 | int4, read from the graph's operators
     quality: dict = field(default_factory=dict)  # from the folder's edgeprune.json, when it has any
     runs: list[RunResult] = field(default_factory=list)
+    # Measured on a device over ssh: its address ("target") and CPU, cores, RAM, OS, Python, onnxruntime as read there.
+    # Empty: measured on this host (Report.host).
+    remote: dict = field(default_factory=dict)
 
 
 @dataclass

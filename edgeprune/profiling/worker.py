@@ -1,10 +1,15 @@
-"""The measuring process: one variant at one thread setting, in a fresh interpreter, so runs cannot pollute each other.
+"""The measuring process, and the supervisor that runs it: one variant at one thread setting in a fresh interpreter,
+its memory sampled from outside, so runs cannot pollute each other.
 
-    python -m edgeprune.profiling.worker SPEC.json
+    python edgeprune/profiling/worker.py SPEC.json     # one measurement (the child)
 
-It pins itself to the given cores, creates the ORT session, times the workload and writes RESULT.json.
-It prints "@@phase NAME" lines so the parent's memory sampler can split peak RSS into load and run.
-Only numpy and onnxruntime are imported here (no torch): the process's memory is the model's plus the runtime's.
+The child pins itself to the given cores, creates the ORT session, times the workload and writes RESULT.json; it prints
+"@@phase NAME" lines so the supervisor (``measure``) can split peak RSS into load and run. This file is also the runner
+that remote profiling copies to a device over ssh, so it needs only the standard library, numpy and onnxruntime (no
+edgeprune, torch or psutil) and Python 3.9:
+
+    python3 edgeprune_worker.py probe REQUEST_JSON     # versions, host, free space (run from stdin by the client)
+    python3 edgeprune_worker.py batch RUN_DIR          # every job in RUN_DIR/jobs.json, results streamed to stdout
 """
 
 from __future__ import annotations
@@ -14,6 +19,12 @@ import os
 import resource
 import sys
 import time
+
+# The measuring child imports only the above (and numpy + onnxruntime): its baseline RSS is part of what is measured.
+# The supervisor, probe and batch modes import the rest of what they need inside.
+
+SAMPLE_INTERVAL_S = 0.005
+MIN_PYTHON = (3, 9)
 
 
 def _phase(name: str) -> None:
@@ -229,9 +240,268 @@ def _write(path: str, result: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def main(argv: list[str]) -> int:
+def _die_with_parent(parent_pid: int | None) -> None:
+    """Linux: the kernel kills this child when its supervisor dies, so a killed (remote) runner leaves no measurement
+    running behind it."""
+    import signal
+
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent_pid and os.getppid() != parent_pid:  # the supervisor was gone before prctl
+        os._exit(1)
+
+
+# --- the supervisor: one child per measurement, memory sampled from outside -----------------------------------------
+
+
+def _rss_of(pid: int) -> float | None:
+    """Resident memory of process ``pid`` in MiB (Linux /proc), or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def measure(spec: dict, command: list, workdir: str, limit_mb: float | None, timeout_s: float,
+            stop: threading.Event | None = None, interval_s: float = SAMPLE_INTERVAL_S) -> dict:
+    """Run ``command + [SPEC.json]`` (the measuring child) in a fresh process; sample its RSS every ``interval_s`` per
+    phase, kill it above ``limit_mb``, after ``timeout_s`` or when ``stop`` is set. Returns plain facts (edgeprune's
+    runner turns them into a RunResult): peaks, samples, exit code, the last stderr line, the child's result if any."""
+    import subprocess
+    import threading
+
+    spec = dict(spec, result=os.path.join(workdir, "result.json"), parent_pid=os.getpid(),
+                trace_prefix=os.path.join(workdir, "ort") if spec.get("op_profile") else None)
+    spec_path = os.path.join(workdir, "spec.json")
+    with open(spec_path, "w") as f:
+        json.dump(spec, f)
+    start = time.perf_counter()
+    proc = subprocess.Popen(list(command) + [spec_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, bufsize=1)
+    state = {"phase": "start"}
+    stderr: list = []
+    peaks: dict = {}
+    counts = {"samples": 0}
+    lock = threading.Lock()
+
+    def sample() -> float | None:
+        rss = _rss_of(proc.pid)
+        if rss is not None:
+            with lock:
+                counts["samples"] += 1
+                peaks[state["phase"]] = max(peaks.get(state["phase"], 0.0), rss)
+        return rss
+
+    def read_phases():
+        for line in proc.stdout:
+            if line.startswith("@@phase "):
+                state["phase"] = line.split()[1]
+                sample()  # at least one sample per phase, however short (a tiny graph's timed runs take milliseconds)
+
+    readers = [threading.Thread(target=read_phases, daemon=True),
+               threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)]
+    for t in readers:
+        t.start()
+    killed_reason, timed_out, stopped = None, False, False
+    try:
+        while proc.poll() is None:
+            rss = sample()
+            if rss is not None and limit_mb is not None and rss > limit_mb:
+                killed_reason = (f"RSS reached {rss:.0f} MiB during {state['phase']}, over the memory limit of "
+                                 f"{limit_mb:.0f} MiB; killed by the memory watcher")
+                break
+            if time.perf_counter() - start > timeout_s:
+                timed_out = True
+                break
+            if stop is not None and stop.is_set():
+                stopped = True
+                break
+            time.sleep(interval_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for t in readers:
+            t.join(timeout=5)
+    result = None
+    if os.path.isfile(spec["result"]):
+        with open(spec["result"]) as f:
+            result = json.load(f)
+    return {
+        "pid": proc.pid, "returncode": proc.returncode, "phase": state["phase"], "peaks": peaks, "samples": counts["samples"],
+        "interval_ms": interval_s * 1000, "killed_reason": killed_reason, "timed_out": timed_out, "stopped": stopped,
+        "stderr_tail": next((line.strip() for line in reversed(stderr) if line.strip()), ""),
+        "wall_s": time.perf_counter() - start, "result": result,
+    }
+
+
+# --- the machine it runs on -------------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (Linux: /proc/cpuinfo; arm boards name the board), else the architecture."""
+    import platform
+
+    found = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                found.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    for key in ("model name", "Model", "Hardware"):
+        if found.get(key):
+            return found[key]
+    return platform.processor() or platform.machine()
+
+
+def _memory_mb() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return round(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20)
+
+
+def host_info() -> dict:
+    """Where measurements run: CPU, cores, RAM, OS and runtime versions, read on the machine itself."""
+    import platform
+
+    import numpy
+    import onnxruntime as ort
+
+    return {
+        "cpu": cpu_name(), "machine": platform.machine(), "system": platform.platform(), "logical_cores": os.cpu_count(),
+        "usable_cores": sorted(os.sched_getaffinity(0)), "memory_mb": _memory_mb(), "python": platform.python_version(),
+        "onnxruntime": ort.__version__, "numpy": numpy.__version__, "providers": ort.get_available_providers(),
+        "load_average_start": list(os.getloadavg()),
+    }
+
+
+# --- remote mode: the client sends this file over ssh -----------------------------------------------------------------
+
+
+def _free_bytes(path: str) -> int:
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def probe(request: dict) -> dict:
+    """What the client must know before sending anything: Python, numpy and onnxruntime versions (None when missing),
+    the host, which models the cache already holds and the free space. Only when all is well (runtime present, room for
+    the models not cached) does it create the run folder (RUN_DIR) that the client copies into."""
+    import platform
+    import tempfile
+
+    out = {"python": platform.python_version(), "executable": sys.executable, "numpy": None, "onnxruntime": None}
+    for name in ("numpy", "onnxruntime"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    if out["numpy"] is None or out["onnxruntime"] is None:
+        return out
+    out["host"] = host_info()
+    root = os.path.abspath(os.path.expanduser(request["remote_dir"]))
+    models = os.path.join(root, "models")
+    out["remote_dir"] = root
+    out["cached"] = [key for key in request["models"] if os.path.isdir(os.path.join(models, key))]
+    out["needed_bytes"] = sum(size for key, size in request["models"].items() if key not in out["cached"])
+    out["free_bytes"] = _free_bytes(root)
+    if out["free_bytes"] < out["needed_bytes"] + request.get("margin_bytes", 0):
+        return out
+    os.makedirs(models, exist_ok=True)
+    os.makedirs(os.path.join(root, "runs"), exist_ok=True)
+    out["run_dir"] = tempfile.mkdtemp(prefix="run-", dir=os.path.join(root, "runs"))
+    return out
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def batch(run_dir: str) -> int:
+    """Run every job of RUN_DIR/jobs.json, each in a fresh supervised child, and stream one "@@result JSON" line per
+    finished measurement (ORT trace included, compressed), so a run killed midway loses nothing already measured.
+    The client holds ssh's stdin open: EOF there means it is gone, and the runner stops. RUN_DIR is removed on every
+    way out (done, error, SIGTERM/SIGHUP/SIGINT, lost client); only SIGKILL skips it, and then the client removes it."""
+    import base64
+    import shutil
+    import signal
+    import threading
+    import zlib
+
+    stop = threading.Event()
+
+    def watch_stdin():  # os.read, not sys.stdin: a daemon thread inside a buffered read blocks interpreter shutdown
+        try:
+            while os.read(0, 65536):
+                pass
+        except OSError:
+            pass
+        stop.set()
+
+    def on_signal(signum, frame):
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    try:
+        with open(os.path.join(run_dir, "jobs.json")) as f:
+            plan = json.load(f)
+        for key in plan["models"]:  # uploads become cache entries by rename (atomic); cached ones are marked as used
+            cached = os.path.join(plan["models_dir"], key)
+            upload = os.path.join(run_dir, "upload", key)
+            if os.path.isdir(upload) and not os.path.isdir(cached):
+                os.rename(upload, cached)
+            os.utime(cached)
+        command = [sys.executable, os.path.abspath(__file__)]
+        for index, job in enumerate(plan["jobs"]):
+            if stop.is_set():
+                return 1
+            _say(f"@@start {index}")
+            work = os.path.join(run_dir, f"job-{index}")
+            os.mkdir(work)
+            outcome = measure(job["spec"], command, work, job["limit_mb"], job["timeout_s"], stop)
+            if outcome["stopped"]:
+                return 1
+            trace = (outcome["result"] or {}).pop("trace", None)
+            if trace and os.path.isfile(trace):
+                with open(trace, "rb") as f:
+                    outcome["trace_z"] = base64.b64encode(zlib.compress(f.read(), 6)).decode()
+            _say("@@result " + json.dumps({"index": index, "outcome": outcome}))
+            shutil.rmtree(work, ignore_errors=True)
+        _say("@@end")
+        return 0
+    except BrokenPipeError:  # the client is gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def main(argv: list) -> int:
+    if argv and argv[0] == "probe":
+        print("@@probe " + json.dumps(probe(json.loads(argv[1]))), flush=True)
+        return 0
+    if argv and argv[0] == "batch":
+        return batch(argv[1])
     with open(argv[0]) as f:
         spec = json.load(f)
+    _die_with_parent(spec.get("parent_pid"))
     _write(spec["result"], run(spec))
     return 0
 

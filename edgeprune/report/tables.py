@@ -121,10 +121,24 @@ def node_rows(run: RunResult, top: int = 8) -> tuple[list[str], list[list[str]]]
     return headers, [[n.name, n.op_type, str(n.count), fmt(n.total_ms), f"{n.percent:.1f}"] for n in p.top_nodes[:top]]
 
 
+def _machine(h: dict) -> str:
+    return (f"{h.get('cpu')} ({h.get('machine')}), {len(h.get('usable_cores', []))} usable of {h.get('logical_cores')} logical "
+            f"cores, {fmt(h.get('memory_mb'))} MiB RAM, onnxruntime {h.get('onnxruntime')}, load average "
+            f"{', '.join(f'{x:.2f}' for x in h.get('load_average_start', []))} at the start")
+
+
 def where_it_ran(report: Report) -> str:
-    h = report.host
-    return (f"Measured on this host: {h.get('cpu')} ({h.get('machine')}), {len(h.get('usable_cores', []))} usable of "
-            f"{h.get('logical_cores')} logical cores, {fmt(h.get('memory_mb'))} MiB RAM, onnxruntime {h.get('onnxruntime')}, "
-            f"load average {', '.join(f'{x:.2f}' for x in h.get('load_average_start', []))} at the start. "
-            f"The device profile '{report.device.get('name')}' is applied as constraints (threads, cores, memory limit) and "
-            "budgets; the numbers are this host's and are not scaled to the device.")
+    """Which machine measured what: this host, and/or devices over ssh (each as read on the device itself)."""
+    remotes = {v.remote["target"]: v.remote for v in report.variants if v.remote}
+    local = [v.name for v in report.variants if not v.remote]
+    parts = []
+    if local or not remotes:
+        parts.append(("Measured on this host: " if not remotes else f"{', '.join(local)} measured on this host: ")
+                     + _machine(report.host) + ".")
+    for target, h in remotes.items():
+        names = [v.name for v in report.variants if v.remote.get("target") == target]
+        parts.append(("Measured on " if not local else f"{', '.join(names)} measured on ") + f"{target} over ssh: "
+                     + _machine(h) + f"; {h.get('system')}, Python {h.get('python')}, numpy {h.get('numpy')}.")
+    machines = "this host's" if not remotes else "the device's" if not local else "those machines'"
+    return " ".join(parts) + (f" The device profile '{report.device.get('name')}' is applied as constraints (threads, cores, "
+                              f"memory limit) and budgets; the numbers are {machines} and are not scaled to the device.")
