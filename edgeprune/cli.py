@@ -58,11 +58,11 @@ def _typed(value: str):
 class _LayerProgress:
     """A rich progress bar for per-layer work: layers done and the time left."""
 
-    def __init__(self, description: str):
+    def __init__(self, description: str, unit: str = "layers"):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("layers"),
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), transient=False,
         )
         self.description = description
@@ -151,6 +151,8 @@ def nm(
 class _StageProgress:
     """One rich bar per stage (score, search, reform, ...), started lazily, as ``progress(stage, done, total)``."""
 
+    UNITS = {"score": "blocks", "reform": "blocks", "search": "generations", "latency": "measurements"}
+
     def __init__(self):
         self.bars: dict[str, _LayerProgress] = {}
 
@@ -165,7 +167,7 @@ class _StageProgress:
         if stage not in self.bars:
             for bar in self.bars.values():  # the previous stage is finished
                 bar.__exit__(None, None, None)
-            self.bars[stage] = _LayerProgress(stage)
+            self.bars[stage] = _LayerProgress(stage, self.UNITS.get(stage, "steps"))
         self.bars[stage](done, total)
 
 

@@ -219,7 +219,8 @@ def test_reformation_off_keeps_the_removal_error(gqa_llama_dir, tmp_path):
     (["--target-params", "1.2"], "not in (0, 1]"),
     (["--target-params", "0"], "not in (0, 1]"),
     (["--target-latency-ms", "10"], "needs a device"),
-    (["--target-params", "0.5", "--target-latency-ms", "10"], "exactly one target"),
+    (["--target-params", "0.5", "--target-latency-ms", "-3", "--device", "this-host"], "must be positive"),
+    (["--target-params", "0.5", "--target-latency-ms", "10", "--device", "no-such-device"], "no-such-device"),
     (["--target-params", "0.05", "--search", "uniform"], "below the smallest model the search can reach"),
     (["--target-params", "0.7", "--score", "nope"], "unknown structured score"),
 ])
@@ -247,17 +248,25 @@ def test_latency_budget_is_measured_on_the_device(gqa_llama_dir, tmp_path):
     assert lat["device"] == "tiny-host" and lat["threads"] == 1 and lat["measured_dense_ms"] > 0
     assert lat["predicted_dense_ms"] == pytest.approx(lat["measured_dense_ms"], abs=2e-3)  # anchored on the real measurement
     assert probe.kept_fraction == 1.0 and "already meets" in probe.search_log["note"]
+    both = structured(str(gqa_llama_dir), tmp_path / "both", StructuredConfig(target_params=0.7, target_latency_ms=1e6,
+                                                                             latency_device=str(device), **TINY))
+    assert both.kept_fraction <= 0.7 and both.latency["predicted_ms"] <= 1e6 and both.target["params"] == 0.7
     with pytest.raises(EdgepruneError, match="below the smallest model"):
         structured(str(gqa_llama_dir), tmp_path / "none", StructuredConfig(target_params=None, target_latency_ms=1e-6,
                                                                           latency_device=str(device), **TINY))
     no_leftovers(tmp_path, "none")
 
 
+def test_a_config_needs_a_target():
+    with pytest.raises(EdgepruneError, match="no target"):
+        StructuredConfig(target_params=None)
+
+
 def test_latency_model_interpolates_widths_and_spends_the_budget():
     from edgeprune.structured.latency import LatencyCost
 
     spaces, _, scores = _toy_space(blocks=2)
-    cost = LatencyCost(spaces, base_ms=1.0, block_ms=0.05, attn_ms={2: 0.1, 4: 0.2, 6: 0.3}, mlp_widths=(8, 32, 64), mlp_ms=(0.1, 0.4, 0.8))
+    cost = LatencyCost(spaces, base_ms=1.0, block_ms=0.05, scale=1.0, attn_ms={2: 0.1, 4: 0.2, 6: 0.3}, mlp_widths=(8, 32, 64), mlp_ms=(0.1, 0.4, 0.8))
     assert cost.mlp(48) == pytest.approx(0.6) and cost.mlp(64) == pytest.approx(0.8)
     assert cost(dense_arch(spaces)) == pytest.approx(1.0 + 2 * (0.05 + 0.3 + 0.8))
     assert cost(((0, 0), (3, 64))) == pytest.approx(1.0 + 0.05 + 0.3 + 0.8)  # a removed block costs nothing

@@ -27,7 +27,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.structured.layout import LAYOUT_KEY, block_params, model_layout, remove_units, unit_cost
 from edgeprune.structured.reform import reform_model
 from edgeprune.structured.scores import SCORES, UnitScores, score_model
-from edgeprune.structured.search import SEARCHES, Arch, ParamCost, Space, evolve, greedy_arch, kept_units, uniform_arch, dense_arch
+from edgeprune.structured.search import SEARCHES, Arch, Cost, ParamCost, Space, dense_arch, evolve, greedy_arch, kept_units, uniform_arch
 
 Progress = Callable[[str, int, int], None]
 
@@ -55,8 +55,8 @@ class StructuredConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if (self.target_params is None) == (self.target_latency_ms is None):
-            raise EdgepruneError("give exactly one target", "pass --target-params F or --target-latency-ms X --device D")
+        if self.target_params is None and self.target_latency_ms is None:
+            raise EdgepruneError("no target given", "pass --target-params F and/or --target-latency-ms X --device D")
         if self.target_params is not None and not 0 < self.target_params <= 1:
             raise EdgepruneError(f"--target-params {self.target_params} is not in (0, 1]",
                                  "pass the fraction of block parameters to keep, e.g. --target-params 0.75")
@@ -162,23 +162,26 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
                 progress: Progress | None = None) -> tuple[Arch, tuple[Space, ...], dict, dict | None]:
     """Run the search: the architecture, the spaces, the search log and (for a latency budget) the latency model."""
     spaces, params = spaces_and_cost(loaded.model, loaded.adapter, config.channel_step, config.drop_blocks and config.search == "evolution")
+    budgets: list[tuple[Cost, float, str]] = []  # each cost with its budget; an architecture must meet all
+    if config.target_params is not None:
+        budgets.append((params, config.target_params * params(dense_arch(spaces)), "parameters"))
     latency = None
     if config.target_latency_ms is not None:
         from edgeprune.structured.latency import latency_cost
 
-        cost, latency = latency_cost(loaded, spaces, config, progress)
-        budget = config.target_latency_ms
-    else:
-        cost, budget = params, config.target_params * params(dense_arch(spaces))
+        lat_cost, latency = latency_cost(loaded, spaces, config, progress)
+        budgets.append((lat_cost, config.target_latency_ms, "ms"))
+    # one cost for the search: the most-spent budget's fraction, within budget when ≤ 1
+    cost, budget = (lambda arch: max(c(arch) / b for c, b, _ in budgets)), 1.0
     step = (lambda i, n: progress("search", i, n)) if progress else None
-    smallest = cost(tuple((1, s.min_channels) for s in spaces))
+    smallest_arch = tuple((1, s.min_channels) for s in spaces)
     if latency is not None:
-        latency["predicted_smallest_ms"] = round(smallest, 3)
-    if smallest > budget:
-        unit = "ms" if latency is not None else "parameters"
-        raise EdgepruneError(f"the budget ({budget:.4g} {unit}) is below the smallest model the search can reach "
-                             f"({smallest:.4g} {unit}: one head per KV group and {spaces[0].min_channels} channels per block)",
-                             "raise the target")
+        latency["predicted_smallest_ms"] = round(budgets[-1][0](smallest_arch), 3)
+    for c, b, unit in budgets:
+        if c(smallest_arch) > b:
+            raise EdgepruneError(f"the budget ({b:.4g} {unit}) is below the smallest model the search can reach "
+                                 f"({c(smallest_arch):.4g} {unit}: one head per KV group and {spaces[0].min_channels} channels per block)",
+                                 "raise the target")
     if cost(dense_arch(spaces)) <= budget:
         arch, log = dense_arch(spaces), {"note": "the dense model already meets the budget: nothing removed"}
     elif config.search == "uniform":
@@ -191,8 +194,8 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
         arch, search_log = evolve(spaces, scores, cost, budget, fitness, config.population, config.generations, config.seed, step)
         log = dataclasses.asdict(search_log)
     if latency is not None:
-        latency["predicted_ms"] = round(cost(arch), 3)
-        latency["predicted_dense_ms"] = round(cost(dense_arch(spaces)), 3)
+        latency["predicted_ms"] = round(budgets[-1][0](arch), 3)
+        latency["predicted_dense_ms"] = round(budgets[-1][0](dense_arch(spaces)), 3)
     return arch, spaces, log, latency
 
 
@@ -231,7 +234,8 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
     if removed:
         loaded.adapter.keep_blocks(loaded.model, [i for i in range(len(kept)) if i not in removed])
     after = sum(block_params(b, loaded.adapter) for b in loaded.adapter.blocks(loaded.model))
-    target = {"params": config.target_params} if config.target_params is not None else {"latency_ms": config.target_latency_ms, "device": config.latency_device}
+    target = {k: v for k, v in (("params", config.target_params), ("latency_ms", config.target_latency_ms),
+                                ("device", config.latency_device)) if v is not None}
     report = StructuredReport(config.score, config.search, target, before, after, model_layout(loaded.model, loaded.adapter),
                               log, reform_log, 0.0, latency, removed)
     report.seconds = round(time.perf_counter() - start, 2)

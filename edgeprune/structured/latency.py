@@ -1,11 +1,12 @@
 """A measured ONNX Runtime latency model, so the search can spend a latency budget instead of a parameter one.
 
-The dense model, and a copy cut to its first two blocks, are exported and profiled on the device profile
-(decode ms/token for decoders, one call at 128 tokens for encoders): their difference is what a block costs
-as a whole, so removing a block also saves its norms, attention over the cache and per-operator overhead.
-What each block's width costs is measured with ONNX Runtime on chains of MatMuls of exactly the block's
-shapes, one weight matrix per block (so weights stream from memory as in the real model). Predicted latency
-= base (embedding, LM head, ...) + per kept block: fixed overhead + its attention and MLP MatMul time.
+Three real graphs are exported and profiled on the device profile (decode ms/token for decoders, one call at
+128 tokens for encoders): the dense model, a copy cut to its first blocks, and that cut with every block
+narrowed. The first two give what a whole block costs (so removing a block also saves its norms, attention
+over the cache and per-operator overhead); the last two what narrowing saves in the real graph. How the cost
+varies between widths is measured with ONNX Runtime on chains of MatMuls of exactly the block's shapes, one
+weight matrix per block (weights stream from memory as in the real model), and scaled to the real saving.
+Predicted latency = base (embedding, LM head, ...) + per kept block: fixed part + scaled MatMul time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LatencyCost:
     spaces: tuple[Space, ...]
     base_ms: float
     block_ms: float  # what a block costs besides the MatMuls that change with its width
+    scale: float  # real-graph saving / MatMul-chain saving, measured on the narrowed cut
     attn_ms: dict[int, float]  # query heads kept in a block → ms per block
     mlp_widths: tuple[int, ...]
     mlp_ms: tuple[float, ...]  # ms per block at each width (interpolated between)
@@ -44,7 +46,8 @@ class LatencyCost:
         return t0 + (t1 - t0) * (width - w0) / (w1 - w0)
 
     def __call__(self, arch: Arch) -> float:
-        return self.base_ms + sum(self.block_ms + self.attn_ms[k * s.groups] + self.mlp(c) for (k, c), s in zip(arch, self.spaces) if k)
+        return self.base_ms + sum(self.block_ms + self.scale * (self.attn_ms[k * s.groups] + self.mlp(c))
+                                  for (k, c), s in zip(arch, self.spaces) if k)
 
 
 def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: int, runs: int = 30) -> float:
@@ -87,39 +90,53 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
     return statistics.median(times)
 
 
-def _measured_ms(loaded, device, threads: int, blocks: list[int] | None = None) -> float:
-    """Export the model (or a copy with only ``blocks``) and measure it once on ``device``: decode p50 ms/token or one encoder call."""
-    import copy
+def _measured_ms(loaded, device, threads: int, model=None) -> float:
+    """Export the model (or ``model``, a changed copy) and measure it once on ``device``: decode p50 ms/token or one encoder call."""
     import shutil
 
     from edgeprune.onnx import ExportConfig, export
     from edgeprune.profiling import Workload, profile
+    from edgeprune.structured import modeling_edgeprune
     from edgeprune.structured.layout import LAYOUT_KEY, model_layout
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
         source = loaded.source
-        if blocks is not None:
-            model = copy.deepcopy(loaded.model)
-            loaded.adapter.keep_blocks(model, blocks)
-            source = str(Path(tmp) / "hf")
-            if hasattr(model.config, LAYOUT_KEY):
-                from edgeprune.structured import modeling_edgeprune
-
-                setattr(model.config, LAYOUT_KEY, model_layout(model, loaded.adapter))
-                Path(source).mkdir()
-                shutil.copy2(modeling_edgeprune.__file__, Path(source) / "modeling_edgeprune.py")
+        if model is not None:  # saved as a structured folder: its blocks may differ in size
+            source = Path(tmp) / "hf"
+            source.mkdir()
+            setattr(model.config, LAYOUT_KEY, model_layout(model, loaded.adapter))
+            model.config.auto_map = {modeling_edgeprune.AUTO_MAP[loaded.adapter.family][0]:
+                                     "modeling_edgeprune." + modeling_edgeprune.AUTO_MAP[loaded.adapter.family][1]}
+            shutil.copy2(modeling_edgeprune.__file__, source / "modeling_edgeprune.py")
             model.save_pretrained(source)
             loaded.tokenizer.save_pretrained(source)
-            del model
-        export(source, Path(tmp) / "onnx", ExportConfig(verify=False))
+        export(str(source), Path(tmp) / "onnx", ExportConfig(verify=False))
         workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
         report = profile([Path(tmp) / "onnx"], device, [threads], Path(tmp) / "profile", workload=workload)
     run = report.variants[0].runs[0]
     if not run.ok:
-        raise EdgepruneError(f"the dense model could not be measured on '{device.name}': {run.reason}",
+        raise EdgepruneError(f"the model could not be measured on '{device.name}': {run.reason}",
                              "choose a device profile it fits, or use --target-params")
     key = "decode_p50_ms@32" if loaded.is_decoder else f"latency_p50_ms@1x{ENCODER_TOKENS}"
     return run.headline[key]
+
+
+def _cut(loaded, blocks: int, narrow: bool):
+    """A copy of the model with only its first ``blocks`` blocks, optionally each narrowed to 1 head per KV group and ¼ of the channels."""
+    import copy
+
+    import torch
+
+    from edgeprune.structured.layout import remove_units
+
+    model = copy.deepcopy(loaded.model)
+    loaded.adapter.keep_blocks(model, list(range(blocks)))
+    if narrow:
+        for block in loaded.adapter.blocks(model):
+            units = loaded.adapter.units(block)
+            per = units.group_size if units.group_size > 1 else units.num_heads
+            remove_units(block, loaded.adapter, torch.arange(0, units.num_heads, per), torch.arange(max(1, units.channels // 4)))
+    return model
 
 
 def latency_cost(loaded, spaces: Sequence[Space], config, progress: Callable[[str, int, int], None] | None = None) -> tuple[LatencyCost, dict]:
@@ -148,15 +165,22 @@ def latency_cost(loaded, spaces: Sequence[Space], config, progress: Callable[[st
         mlp.append(_chain_ms(hidden, [(w, len(units[0].channel_rows))] * n, tokens, threads) / n)
         tick(len(head_counts) + i + 1)
     dense = _measured_ms(loaded, device, threads)
-    few = min(2, n - 1)
-    cut = _measured_ms(loaded, device, threads, list(range(few))) if n > 1 else dense
+    few = min(4, n - 1)
+    cut = _measured_ms(loaded, device, threads, _cut(loaded, few, narrow=False)) if n > 1 else dense
+    narrow = _measured_ms(loaded, device, threads, _cut(loaded, max(few, 1), narrow=True))
     tick(total)
     widths_ms = [attn[u.num_heads] + float(np.interp(u.channels, widths, mlp)) for u in units]
-    per_block = (dense - cut) / (n - few) if n > few else 0.0
-    block_ms = max(0.0, per_block - sum(widths_ms) / n)
-    cost = LatencyCost(tuple(spaces), dense - n * block_ms - sum(widths_ms), block_ms, attn, tuple(widths), tuple(mlp))
+    first = units[: max(few, 1)]
+    chain_saving = sum(attn[u.num_heads] - attn[u.num_kv_heads if u.group_size > 1 else 1]
+                       + float(np.interp(u.channels, widths, mlp) - np.interp(max(1, u.channels // 4), widths, mlp)) for u in first)
+    real_saving = (cut if n > 1 else dense) - narrow
+    scale = max(real_saving / chain_saving, 0.0) if chain_saving > 0 else 1.0
+    per_block = (dense - cut) / (n - few) if n > few else dense / n
+    block_ms = per_block - scale * sum(widths_ms) / n
+    cost = LatencyCost(tuple(spaces), dense - n * per_block, block_ms, scale, attn, tuple(widths), tuple(mlp))
     info = {"device": device.name, "threads": threads, "tokens": tokens, "measured_dense_ms": round(dense, 3),
-            f"measured_first_{few}_blocks_ms": round(cut, 3), "block_overhead_ms": round(block_ms, 4),
-            "dense_blocks_matmul_ms": round(sum(widths_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
+            f"measured_first_{few}_blocks_ms": round(cut, 3), f"measured_first_{few}_blocks_narrowed_ms": round(narrow, 3),
+            "matmul_scale": round(scale, 3), "block_fixed_ms": round(block_ms, 4),
+            "dense_blocks_matmul_ms": round(scale * sum(widths_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
             "mlp_ms_per_block": {str(w): round(t, 4) for w, t in zip(widths, mlp)}}
     return cost, info

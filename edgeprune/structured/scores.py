@@ -32,6 +32,7 @@ class BlockStats:
 class UnitScores:
     heads: torch.Tensor  # [num_heads]
     channels: torch.Tensor  # [channels]
+    block: float = 1.0  # how much the whole block changes its input: 1 − mean cos(x, block(x)) (ShortGPT's block influence)
 
 
 ScoreFn = Callable[[dict[str, torch.Tensor], Units, BlockStats], UnitScores]
@@ -103,8 +104,11 @@ def score_model(model: nn.Module, adapter: Adapter, calib_ids: torch.Tensor, sco
     for i, block in enumerate(blocks):
         units = adapter.units(block)
         ctx = BlockContext(i, adapter.block_prefix(model, i), block, adapter, hidden, context, {}, batch_size, None)
-        out.append(fn(block_weights(block, units), units, block_stats(ctx, units)))
-        hidden = run_block_batched(adapter, block, hidden, context, batch_size)
+        unit_scores = fn(block_weights(block, units), units, block_stats(ctx, units))
+        after = run_block_batched(adapter, block, hidden, context, batch_size)
+        influence = 1 - float(torch.nn.functional.cosine_similarity(hidden.float(), after.float(), dim=-1).mean())
+        out.append(UnitScores(unit_scores.heads, unit_scores.channels, influence))
+        hidden = after
         if progress:
             progress(i + 1, len(blocks))
     return out

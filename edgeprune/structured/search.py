@@ -216,12 +216,15 @@ def evolve(
         pool.append(uniform)
     except EdgepruneError:
         pass
-    if any(s.droppable for s in spaces):  # seed: the block whose units matter least removed, its parameters spread over the rest
-        weakest = min((i for i, s in enumerate(spaces) if s.droppable),
-                      key=lambda i: float(scores[i].heads.sum() + scores[i].channels.sum()))
-        seed_arch = [list(a) for a in dense_arch(spaces)]
-        seed_arch[weakest] = list(DROPPED)
-        dropped = _repair(seed_arch, spaces, scores, cost, budget)
+    droppable = sorted((i for i, s in enumerate(spaces) if s.droppable), key=lambda i: scores[i].block)
+    for d in (1, 2, 4, 6, 8):  # seeds: the d blocks that change their input least removed, their parameters spread over the rest
+        if d > len(spaces) // 2 or d > len(droppable) or len(pool) >= population:
+            break
+        seed_arch = [list(DROPPED) if i in droppable[:d] else list(a) for i, a in enumerate(dense_arch(spaces))]
+        try:
+            dropped = _repair(seed_arch, spaces, scores, cost, budget)
+        except EdgepruneError:
+            continue
         if dropped not in pool:
             pool.append(dropped)
     tries = 0
