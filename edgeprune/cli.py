@@ -201,11 +201,13 @@ def structured(
                               population=population, seed=seed)
     with _StageProgress() as bar:
         report = run_structured(model, out, config, overwrite=overwrite, progress=bar)
-    gains = [e["removal_error"] - e["reformed_error"] for e in report.reform if "reformed_error" in e]
+    reformed = [e for e in report.reform if "reformed_error" in e]
     line = (f"kept {report.kept_fraction:.1%} of block parameters ({report.params_after / 1e6:.1f}M of {report.params_before / 1e6:.1f}M)"
             f" in {report.seconds:.0f}s → {out}")
-    if gains:
-        mean = lambda key: sum(e[key] for e in report.reform) / len(report.reform)  # noqa: E731
+    if report.removed_blocks:
+        line += f"; removed blocks {report.removed_blocks}"
+    if reformed:
+        mean = lambda key: sum(e[key] for e in reformed) / len(reformed)  # noqa: E731
         line += f"; block-output error {mean('removal_error'):.3f} after removal, {mean('reformed_error'):.3f} after reformation"
     if report.latency:
         line += f"; predicted decode {report.latency['predicted_ms']:.1f} ms/token (dense {report.latency['predicted_dense_ms']:.1f})"
