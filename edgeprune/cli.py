@@ -182,6 +182,7 @@ def structured(
     score: str = typer.Option("output", help="unit importance: output (contribution to the block output), wanda-sp, magnitude"),
     search: str = typer.Option("evolution", help="evolution (on the calibration loss), greedy, or uniform (same shape every block)"),
     reform: bool = typer.Option(True, help="re-fit the kept weights to the dense block outputs (ridge least squares)"),
+    drop_blocks: bool = typer.Option(False, help="let the evolution also remove whole blocks"),
     calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
     samples: int = typer.Option(32, help="calibration sequences"),
     seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
@@ -197,7 +198,8 @@ def structured(
     if target_params is None and target_latency_ms is None:
         target_params = 0.75
     config = StructuredConfig(target_params=target_params, target_latency_ms=target_latency_ms, latency_device=device, score=score,
-                              search=search, reform=reform, calib=CalibConfig(calib, samples, seqlen, seed), generations=generations,
+                              search=search, reform=reform, drop_blocks=drop_blocks, calib=CalibConfig(calib, samples, seqlen, seed),
+                              generations=generations,
                               population=population, seed=seed)
     with _StageProgress() as bar:
         report = run_structured(model, out, config, overwrite=overwrite, progress=bar)

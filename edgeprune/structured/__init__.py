@@ -42,7 +42,7 @@ class StructuredConfig:
     score: str = "output"  # per-unit importance: output, wanda-sp, magnitude
     search: str = "evolution"  # evolution, greedy, uniform
     reform: bool = True  # re-fit kept weights to the dense block outputs
-    drop_blocks: bool = True  # evolution may remove whole blocks (fewer layers: less per-layer overhead)
+    drop_blocks: bool = False  # evolution may also remove whole blocks (measured: worse held-out quality, no clear speed gain)
     calib: CalibConfig = field(default_factory=CalibConfig)
     search_samples: int = 8  # calibration windows the search's loss uses (the first ones, cut to search_seqlen)
     search_seqlen: int = 256
