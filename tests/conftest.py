@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+def _untracked() -> set[str]:
+    """Files in the checkout that git neither tracks nor ignores."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--others", "--exclude-standard"], cwd=_REPO, capture_output=True, text=True,
+                             timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        out = []
+    return set(out)
+
+
+@pytest.fixture(autouse=True)
+def no_files_left_behind():
+    """Fail any test that leaves files in the checkout behind (tmp_path is the place for outputs)."""
+    before = _untracked()
+    yield
+    left = _untracked() - before
+    assert not left, f"the test left files behind: {sorted(left)[:5]}"
 
 
 def _train_tokenizer(vocab_size: int = 384):
