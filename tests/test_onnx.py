@@ -550,3 +550,37 @@ def test_quantize_folder_bad_input(pruned_llama_dir, pruned_llama_onnx, tmp_path
     assert ok.exit_code == 0, ok.output
     again = runner.invoke(app, ["quantize", str(tmp_path / "q"), "--out", str(tmp_path / "q2")])
     assert again.exit_code == 2 and "is already quantised (int4)" in error_line(again)
+
+
+def test_external_data_graphs_quantize_evaluate_and_name_a_missing_or_cut_data_file(tiny_llama_dir, tmp_path):
+    """Graphs over 2 GB keep their weights in model.onnx_data (as optimum writes them): every tool reads them,
+    and a missing or truncated data file is a one-line error naming it."""
+    import onnx
+
+    import edgeprune
+    from edgeprune.errors import EdgepruneError
+
+    src = tmp_path / "onnx"
+    edgeprune.export(str(tiny_llama_dir), src, edgeprune.ExportConfig(verify=False))
+    model = onnx.load(str(src / "model.onnx"))
+    onnx.save(model, str(src / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx_data", size_threshold=0)
+    assert (src / "model.onnx").stat().st_size < (src / "model.onnx_data").stat().st_size
+    dense = edgeprune.evaluate(str(src), seqlen=32, max_windows=2).perplexity
+    quantized = tmp_path / "int8"
+    edgeprune.quantize(str(src), quantized, edgeprune.QuantizeConfig(scheme="int8"))
+    assert edgeprune.evaluate(str(quantized), seqlen=32, max_windows=2).perplexity == pytest.approx(dense, rel=0.05)
+
+    data = (src / "model.onnx_data").read_bytes()
+    (src / "model.onnx_data").write_bytes(data[: len(data) // 2])
+    calls = [lambda: edgeprune.evaluate(str(src), seqlen=32, max_windows=2),
+             lambda: edgeprune.quantize(str(src), tmp_path / "q", edgeprune.QuantizeConfig(scheme="int8")),
+             lambda: edgeprune.profile([str(src)], "this-host", out=tmp_path / "p")]
+    for call in calls:
+        with pytest.raises(EdgepruneError, match=r"model\.onnx_data' is truncated"):
+            call()
+    (src / "model.onnx_data").unlink()
+    for call in calls:
+        with pytest.raises(EdgepruneError, match="needs external data 'model.onnx_data', which is missing"):
+            call()
+    assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()

@@ -252,6 +252,14 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
     onnx_path = src / ONNX_FILE
     if not onnx_path.is_file():
         raise EdgepruneError(f"'{src}' has no {ONNX_FILE}", "pass a folder written by edgeprune export")
+    from edgeprune.onnx.graph import check_external_data
+
+    try:
+        check_external_data(onnx_path)
+    except EdgepruneError:
+        raise
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise EdgepruneError(f"'{onnx_path}' is not a readable ONNX model ({type(exc).__name__})", "re-run edgeprune export") from None
     meta = _source_metadata(src) or {}
     exported = meta.get("export") or {}
     if not exported.get("source"):

@@ -51,6 +51,15 @@ def load_session(path: Path):
     if not path.is_file():
         there = sorted(p.name for p in path.parent.glob("*.onnx")) if path.parent.is_dir() else []
         raise EdgepruneError(f"ONNX file '{path}' not found", f"choose one of: {', '.join(there)}" if there else "run edgeprune export first")
+    if path.suffix == ".onnx":
+        from edgeprune.onnx.graph import check_external_data
+
+        try:
+            check_external_data(path)
+        except EdgepruneError:
+            raise
+        except Exception:  # not readable by onnx: ORT's message below names the problem
+            pass
     try:
         return session(path)
     except Exception as exc:  # ORT raises Fail / InvalidProtobuf / InvalidGraph / NoSuchFile; the user needs the file and cause

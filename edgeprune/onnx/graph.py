@@ -16,6 +16,35 @@ def _has_external_data(model) -> bool:
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 
+def check_external_data(onnx_path: Path, model=None) -> dict[str, int]:
+    """Every external-data file a graph names exists and is long enough; returns {file: bytes}.
+
+    Graphs over 2 GB keep their weights next to them (optimum: ``model.onnx_data``); a missing or cut file
+    is a one-line error naming it, before ONNX Runtime or onnx fail on it with a lower-level message.
+    """
+    import onnx
+
+    if model is None:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    need: dict[str, int] = {}
+    for tensor in model.graph.initializer:
+        info = {e.key: e.value for e in tensor.external_data}
+        if "location" in info:
+            end = int(info.get("offset", 0)) + int(info.get("length", 0))
+            need[info["location"]] = max(need.get(info["location"], 0), end)
+    files = {}
+    for name, end in need.items():
+        data = onnx_path.parent / name
+        if not data.is_file():
+            raise EdgepruneError(f"'{onnx_path}' needs external data '{name}', which is missing", "copy the whole export folder")
+        size = data.stat().st_size
+        if size < end:
+            raise EdgepruneError(f"external data '{data}' is truncated ({size} bytes, the graph reads up to {end})",
+                                 "copy it again or re-run edgeprune export")
+        files[name] = size
+    return files
+
+
 def add_mean_pooling(onnx_path: Path, hidden: str = "last_hidden_state", mask: str = "attention_mask") -> None:
     """Add output ``sentence_embedding`` = normalize(sum(h·mask) / max(sum(mask), 1e-9)), as sentence-transformers does.
 

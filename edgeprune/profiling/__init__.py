@@ -126,14 +126,9 @@ def _inspect(graph: Path) -> tuple[str, set[str], dict[str, int], int]:
     inputs = {i.name for i in model.graph.input}
     kind = "decoder" if "input_ids" in inputs and any(n.startswith("past_key_values.") for n in inputs) else \
         "encoder" if "input_ids" in inputs else "graph"
-    files = {graph.name: graph.stat().st_size}
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value not in files:
-                data = graph.parent / entry.value
-                if not data.is_file():
-                    raise EdgepruneError(f"'{graph}' needs external data '{entry.value}', which is missing", "copy the whole export folder")
-                files[entry.value] = data.stat().st_size
+    from edgeprune.onnx.graph import check_external_data
+
+    files = {graph.name: graph.stat().st_size} | check_external_data(graph, model)
     vocab = 100  # token ids are drawn below this; real tokens do not change the timing
     config = graph.parent / "config.json"
     try:
