@@ -7,6 +7,8 @@ without reformation.
 Rows (all use the same calibration windows; perplexity on non-overlapping 512-token windows of held-out pydoc):
   magnitude-uniform   ‖W‖² per unit, same shape in every block, no reformation
   wanda-sp-uniform    Σ|W|·‖X‖ per unit (Wanda-sp / FLAP-style), same shape in every block, no reformation
+  wanda-sp-channels   the same score, every head kept, the same MLP width in every block (with 3 query heads per KV
+                      group, a uniform head ratio rounds to 1/3 steps; this baseline avoids that rounding)
   output-uniform      edgeprune's output-aware score, same shape in every block (what the score alone buys)
   output-search       edgeprune's score + evolutionary search of per-block shapes (what the search adds)
   output-search+reform  ... + ridge reformation of the kept weights (what reformation adds)
@@ -27,7 +29,8 @@ import torch
 from edgeprune.data import CalibConfig, calibration_batch, eval_windows, load_text
 from edgeprune.evaluation import perplexity
 from edgeprune.models.loading import load_model
-from edgeprune.structured import StructuredConfig, choose_arch, masked
+from edgeprune.structured import StructuredConfig, choose_arch, masked, spaces_and_cost
+from edgeprune.structured.search import dense_arch, uniform_arch
 from edgeprune.structured.layout import block_params
 from edgeprune.structured.reform import reform_model
 from edgeprune.structured.scores import score_model
@@ -36,6 +39,7 @@ from edgeprune.structured.search import kept_units
 ROWS = [  # name, score, search, reform
     ("magnitude-uniform", "magnitude", "uniform", False),
     ("wanda-sp-uniform", "wanda-sp", "uniform", False),
+    ("wanda-sp-channels", "wanda-sp", "channels", False),
     ("output-uniform", "output", "uniform", False),
     ("output-search", "output", "evolution", False),
     ("output-search+reform", "output", "evolution", True),
@@ -70,10 +74,11 @@ def main() -> None:
         searched = {}
         for name, score, search, reform in wanted:
             t = time.perf_counter()
-            config = StructuredConfig(target_params=keep, score=score, search=search, reform=reform, generations=args.generations)
+            config = StructuredConfig(target_params=keep, score=score, search=search if search != "channels" else "uniform", reform=reform,
+                                      generations=args.generations)
             key = (score, search)
             if key not in searched:
-                searched[key] = choose_arch(loaded, config, scores[score], calib)
+                searched[key] = channels_only(loaded, keep) if search == "channels" else choose_arch(loaded, config, scores[score], calib)
             arch, spaces, log, _ = searched[key]
             kept = kept_units(arch, spaces, scores[score])
             if reform:
@@ -99,6 +104,12 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
+
+
+def channels_only(loaded, keep: float):
+    """Every head kept; the widest common MLP width within the parameter budget."""
+    spaces, cost = spaces_and_cost(loaded.model, loaded.adapter, StructuredConfig().channel_step)
+    return uniform_arch(spaces, cost, keep * cost(dense_arch(spaces)), keep_heads=True), spaces, {}, None
 
 
 def _removed(block, adapter, heads: torch.Tensor, channels: torch.Tensor) -> int:

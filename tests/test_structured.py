@@ -146,7 +146,9 @@ def test_searches_respect_the_budget_and_gqa_and_evolution_never_loses_to_its_se
     fitness = lambda arch: -arch[0][1] - 5 * arch[0][0] + 0.01 * sum(c for _, c in arch)  # noqa: E731
     best, log = evolve(spaces, scores, cost, budget, fitness, population=6, generations=4)
     assert cost(best) <= budget
-    assert log.fitness["best"] <= min(log.fitness["greedy"], log.fitness["uniform"])
+    assert log.fitness["best"] <= min(log.fitness["greedy"], log.fitness["uniform"], log.fitness["uniform-channels"])
+    channels_only = uniform_arch(spaces, cost, budget, keep_heads=True)
+    assert all(k == 3 for k, _ in channels_only) and cost(channels_only) <= budget
     for heads, channels in kept_units(best, spaces, scores):
         check_heads(_units(num_heads=6, num_kv_heads=2), heads)
         assert len(channels) % 8 == 0

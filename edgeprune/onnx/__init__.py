@@ -133,7 +133,12 @@ def _hf_folder(loaded):
         yield Path(tmp)
 
 
-def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | None) -> None:
+#: weights above this make a graph over protobuf's 2 GB: torch writes them as external data, and optimum's
+#: post-processing (tied-weight deduplication) cannot handle such a graph here (protobuf's ByteSize fails on it)
+LARGE_MODEL_BYTES = 1_800_000_000
+
+
+def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | None, large: bool = False) -> None:
     import logging
     import warnings
 
@@ -146,7 +151,7 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow: expected, not actionable for users
             main_export(str(folder), out, task=task, opset=opset, do_validation=False, local_files_only=True,
-                        library_name="transformers", trust_remote_code=is_structured(folder))
+                        library_name="transformers", trust_remote_code=is_structured(folder), no_post_process=large)
     except EdgepruneError:
         raise
     except Exception as exc:  # optimum raises many types; the user needs one line and the cause
@@ -305,8 +310,9 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
 
     with atomic_dir(out, overwrite) as tmp:
         start = time.perf_counter()
+        large = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) >= LARGE_MODEL_BYTES
         with _hf_folder(loaded) as folder:
-            _run_optimum(main_export, folder, tmp, task, config.opset)
+            _run_optimum(main_export, folder, tmp, task, config.opset, large)
         onnx_path = tmp / ONNX_FILE
         if not onnx_path.is_file():
             raise EdgepruneError(f"optimum wrote no {ONNX_FILE} (got {sorted(p.name for p in tmp.glob('*.onnx'))})",

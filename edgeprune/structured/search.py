@@ -3,7 +3,7 @@
 An architecture gives every block (query heads kept per KV group, MLP channels kept); the units kept are
 the highest-scored ones of that block. ``uniform`` keeps the same shape in every block (the classic
 baseline), ``greedy`` removes the globally cheapest units first (score per parameter), and ``evolution``
-starts from both and evolves the per-block shapes on the calibration loss of the masked model
+starts from them (and from uniform MLP widths with every head kept) and evolves the per-block shapes on the calibration loss of the masked model
 (in the spirit of Shen et al., "Search for Efficient Large Language Models", NeurIPS 2024).
 """
 
@@ -65,7 +65,7 @@ class ParamCost:
 class SearchLog:
     """What the search tried and chose: fitness of the starting points and the best per generation."""
 
-    fitness: dict[str, float] = field(default_factory=dict)  # "uniform", "greedy", "best"
+    fitness: dict[str, float] = field(default_factory=dict)  # "greedy", "uniform", "uniform-channels", "best"
     generations: list[float] = field(default_factory=list)
     evaluated: int = 0
 
@@ -87,12 +87,13 @@ def kept_units(arch: Arch, spaces: Sequence[Space], scores: Sequence[UnitScores]
     return out
 
 
-def uniform_arch(spaces: Sequence[Space], cost: Cost, budget: float) -> Arch:
-    """Every block the same: heads kept at the budget's ratio (rounded), then the most channels that fit."""
+def uniform_arch(spaces: Sequence[Space], cost: Cost, budget: float, keep_heads: bool = False) -> Arch:
+    """Every block the same: heads kept at the budget's ratio (rounded; all of them with ``keep_heads``), then the
+    most channels that fit."""
     ratio = budget / cost(dense_arch(spaces))
     arch = []
     for s in spaces:
-        k = min(s.per_group, round(s.per_group * ratio))
+        k = s.per_group if keep_heads else min(s.per_group, round(s.per_group * ratio))
         if k < 1:
             raise EdgepruneError(f"a uniform keep ratio of {ratio:.0%} removes every attention head of a block",
                                  "raise the target, or use --search greedy/evolution")
@@ -210,12 +211,14 @@ def evolve(
     greedy = greedy_arch(dense_arch(spaces), spaces, scores, cost, budget)
     pool = [greedy]
     log.fitness["greedy"] = score(greedy)
-    try:
-        uniform = uniform_arch(spaces, cost, budget)
-        log.fitness["uniform"] = score(uniform)
-        pool.append(uniform)
-    except EdgepruneError:
-        pass
+    for name, keep_heads in (("uniform", False), ("uniform-channels", True)):  # with 3 heads per group, ratios round coarsely
+        try:
+            start = uniform_arch(spaces, cost, budget, keep_heads)
+        except EdgepruneError:
+            continue
+        log.fitness[name] = score(start)
+        if start not in pool:
+            pool.append(start)
     droppable = sorted((i for i, s in enumerate(spaces) if s.droppable), key=lambda i: scores[i].block)
     for d in (1, 2, 4, 6, 8):  # seeds: the d blocks that change their input least removed, their parameters spread over the rest
         if d > len(spaces) // 2 or d > len(droppable) or len(pool) >= population:
@@ -249,7 +252,7 @@ def evolve(
         log.generations.append(min(score(a) for a in pool))
         if progress:
             progress(g + 1, generations)
-    best = min(pool + [greedy], key=score)
+    best = min(seen, key=seen.get)  # every candidate ever scored, the starting points included
     log.fitness["best"] = score(best)
     log.evaluated = len(seen)
     return best, log
