@@ -63,6 +63,7 @@ def main() -> None:
     calib = calibration_batch(loaded.tokenizer, CalibConfig(samples=args.samples, seqlen=args.seqlen))
     windows = eval_windows(loaded.tokenizer, load_text("pydoc", "eval"), 512, args.max_windows)
     blocks = loaded.adapter.blocks(loaded.model)
+    _, params = spaces_and_cost(loaded.model, loaded.adapter, StructuredConfig().channel_step)
     dense_params = sum(block_params(b, loaded.adapter) for b in blocks)
     result = {"model": args.model, "calibration": f"pydoc {args.samples}x{args.seqlen}", "eval": f"pydoc held-out, {windows.shape[0]}x512",
               "dense_block_params": dense_params, "dense_perplexity": perplexity(loaded.model, windows), "rows": [],
@@ -90,8 +91,7 @@ def main() -> None:
                 errors = None
                 with masked(loaded.model, loaded.adapter, kept):
                     ppl = perplexity(loaded.model, windows)
-            kept_params = sum(block_params(b, loaded.adapter) - _removed(b, loaded.adapter, h, c) for b, (h, c) in zip(blocks, kept))
-            row = {"keep": keep, "row": name, "perplexity": ppl, "kept_fraction": kept_params / dense_params,
+            row = {"keep": keep, "row": name, "perplexity": ppl, "kept_fraction": params(arch) / dense_params,
                    "layout": [(len(h), len(c)) for h, c in kept], "search": log, "seconds": round(time.perf_counter() - t, 1)}
             if errors:
                 row["block_error_removal"] = sum(e["removal_error"] for e in errors) / len(errors)
@@ -110,13 +110,6 @@ def channels_only(loaded, keep: float):
     """Every head kept; the widest common MLP width within the parameter budget."""
     spaces, cost = spaces_and_cost(loaded.model, loaded.adapter, StructuredConfig().channel_step)
     return uniform_arch(spaces, cost, keep * cost(dense_arch(spaces)), keep_heads=True), spaces, {}, None
-
-
-def _removed(block, adapter, heads: torch.Tensor, channels: torch.Tensor) -> int:
-    from edgeprune.structured.layout import unit_cost
-
-    units, cost = adapter.units(block), unit_cost(block, adapter)
-    return cost.head * (units.num_heads - len(heads)) + cost.channel * (units.channels - len(channels))
 
 
 def markdown(result: dict) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from edgeprune.data import CalibConfig, calibration_batch
 from edgeprune.errors import EdgepruneError
-from edgeprune.structured.layout import LAYOUT_KEY, block_params, model_layout, remove_units, unit_cost
+from edgeprune.structured.layout import block_params, model_layout, remove_units, save_layout_folder, unit_cost
 from edgeprune.structured.reform import reform_model
 from edgeprune.structured.scores import SCORES, UnitScores, score_model
 from edgeprune.structured.search import SEARCHES, Arch, Cost, ParamCost, Space, dense_arch, evolve, greedy_arch, kept_units, uniform_arch
@@ -248,17 +247,10 @@ def save_structured(loaded, report: StructuredReport, out, config: StructuredCon
     from edgeprune import __version__
     from edgeprune.io import atomic_dir, write_json
     from edgeprune.pruning import METADATA_FILE, _copy_extra_files
-    from edgeprune.structured import modeling_edgeprune
 
-    auto_class, class_name = modeling_edgeprune.AUTO_MAP[loaded.adapter.family]
-    model = loaded.model.to("cpu")
-    setattr(model.config, LAYOUT_KEY, report.layout)
-    model.config.auto_map = {auto_class: f"modeling_edgeprune.{class_name}"}
     with atomic_dir(out, overwrite) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(tmp)
+        save_layout_folder(loaded.model.to("cpu"), loaded.adapter, loaded.tokenizer, tmp)
         _copy_extra_files(loaded.path if loaded.gguf_file is None else None, tmp)
-        shutil.copy2(modeling_edgeprune.__file__, tmp / "modeling_edgeprune.py")
         write_json(tmp / METADATA_FILE, {
             "edgeprune_version": __version__,
             "source_model": loaded.source,

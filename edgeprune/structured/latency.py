@@ -92,24 +92,15 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
 
 def _measured_ms(loaded, device, threads: int, model=None) -> float:
     """Export the model (or ``model``, a changed copy) and measure it once on ``device``: decode p50 ms/token or one encoder call."""
-    import shutil
-
     from edgeprune.onnx import ExportConfig, export
     from edgeprune.profiling import Workload, profile
-    from edgeprune.structured import modeling_edgeprune
-    from edgeprune.structured.layout import LAYOUT_KEY, model_layout
+    from edgeprune.structured.layout import save_layout_folder
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
         source = loaded.source
         if model is not None:  # saved as a structured folder: its blocks may differ in size
             source = Path(tmp) / "hf"
-            source.mkdir()
-            setattr(model.config, LAYOUT_KEY, model_layout(model, loaded.adapter))
-            model.config.auto_map = {modeling_edgeprune.AUTO_MAP[loaded.adapter.family][0]:
-                                     "modeling_edgeprune." + modeling_edgeprune.AUTO_MAP[loaded.adapter.family][1]}
-            shutil.copy2(modeling_edgeprune.__file__, source / "modeling_edgeprune.py")
-            model.save_pretrained(source)
-            loaded.tokenizer.save_pretrained(source)
+            save_layout_folder(model, loaded.adapter, loaded.tokenizer, source)
         export(str(source), Path(tmp) / "onnx", ExportConfig(verify=False))
         workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
         report = profile([Path(tmp) / "onnx"], device, [threads], Path(tmp) / "profile", workload=workload)

@@ -11,6 +11,7 @@ model, resize every block to the layout with :func:`apply_layout`, then load the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -161,3 +162,18 @@ def apply_layout(model: nn.Module, adapter: Adapter, layout: list[dict]) -> None
 
 def model_layout(model: nn.Module, adapter: Adapter) -> list[dict]:
     return [block_shape(adapter.units(b)).to_dict() for b in adapter.blocks(model)]
+
+
+def save_layout_folder(model: nn.Module, adapter: Adapter, tokenizer, folder: Path) -> None:
+    """Save a (possibly resized) model as a folder transformers reloads: layout + auto_map in config.json, weights,
+    tokenizer and the copied ``modeling_edgeprune.py``."""
+    import shutil
+
+    from edgeprune.structured import modeling_edgeprune
+
+    auto_class, class_name = modeling_edgeprune.AUTO_MAP[adapter.family]
+    setattr(model.config, LAYOUT_KEY, model_layout(model, adapter))
+    model.config.auto_map = {auto_class: f"modeling_edgeprune.{class_name}"}
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    shutil.copy2(modeling_edgeprune.__file__, Path(folder) / "modeling_edgeprune.py")
