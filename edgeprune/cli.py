@@ -255,16 +255,22 @@ def export_(
     int4_method: str = typer.Option("gptq", help="int4: gptq (calibrated on pydoc text, pruned zeros held) or rtn (round to nearest)"),
     head_bits: int = typer.Option(8, help="int4: bits for the embedding / LM head table (8 or 4)"),
     ort_format: bool = typer.Option(False, help="also write .ort files and required_operators.config for ORT mobile/minimal builds"),
+    fuse: bool = typer.Option(True, help="decoders: attention as one GroupQueryAttention op per layer (faster on CPU); "
+                                         "--no-fuse keeps optimum's graph as exported"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Export MODEL to ONNX (decoders: one merged graph with a KV cache), verified against PyTorch, zeros checked."""
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export as run_export
 
     quant = QuantizeConfig(quantize, block_size, symmetric, quantize_head, method=int4_method, head_bits=head_bits) if quantize else None
-    config = ExportConfig(pooling=pooling, verify=verify, quantize=quant, ort_format=ort_format)
+    config = ExportConfig(pooling=pooling, verify=verify, quantize=quant, ort_format=ort_format, fuse=fuse)
     report = run_export(model, out, config, overwrite=overwrite)
     size = sum(b for f, b in report.files.items() if f.startswith("model.onnx")) / 2**20  # the float graph (+ external data)
     line = f"exported {report.architecture} ({report.task}) in {report.seconds_export:.0f}s, {size:.1f} MiB → {out}"
+    if report.fused is not None:
+        f = report.fused
+        line += (f"; attention fused ({f.nodes_before} → {f.nodes_after} nodes)" if f.reason is None
+                 else f"; attention not fused: {f.reason}")
     if report.verify is not None:
         name, worst = report.verify.worst
         line += f"; verified: max |diff| {worst:.2g} ({name})"

@@ -68,15 +68,24 @@ def _matmul_weights(path):
 # --- decoders ---------------------------------------------------------------------------------
 
 
-def test_decoder_exports_one_merged_graph_with_identical_greedy_tokens(tiny_llama_lively_dir, tiny_tokenizer, tmp_path):
+@pytest.mark.parametrize("fuse", [True, False])
+def test_decoder_exports_one_merged_graph_with_identical_greedy_tokens(fuse, tiny_llama_lively_dir, tiny_tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "onnx"
-    report = export(str(tiny_llama_lively_dir), out)
+    report = export(str(tiny_llama_lively_dir), out, ExportConfig(fuse=fuse))
     assert sorted(p.name for p in out.glob("*.onnx")) == ["model.onnx"]
     sess = session(out / "model.onnx")
     inputs = [i.name for i in sess.get_inputs()]
-    assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"] and "past_key_values.1.value" in inputs
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    if fuse:  # one GroupQueryAttention per layer; positions come from the attention mask
+        assert inputs[:2] == ["input_ids", "attention_mask"] and "position_ids" not in inputs
+        assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops
+        assert report.fused.attention == "GroupQueryAttention" and report.fused.nodes_after < report.fused.nodes_before / 3
+    else:
+        assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"] and "GroupQueryAttention" not in ops
+        assert report.fused is None
+    assert "past_key_values.1.value" in inputs and [o.name for o in sess.get_outputs()][:2] == ["logits", "present.0.key"]
 
     # Independent reference: transformers' own greedy generate (no EOS in the way).
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_lively_dir).eval()
@@ -93,6 +102,35 @@ def test_decoder_exports_one_merged_graph_with_identical_greedy_tokens(tiny_llam
     assert meta["export"]["files"]["model.onnx"] == (out / "model.onnx").stat().st_size
     assert "pruning" not in meta  # a dense HF folder has no edgeprune.json to merge
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+
+def test_fused_attention_matches_pytorch_on_right_padded_batches_and_biased_projections(tiny_tokenizer, tmp_path):
+    """The fused graph's contract: rows right-padded (positions follow the mask) give PyTorch's logits on every
+    real token; q/k/v projections with a bias (Qwen2) fuse too, and the heads per layer come from the weights."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, initializer_range=0.2)).eval()
+    for layer in model.model.layers:  # non-zero biases, so a dropped bias would show
+        torch.nn.init.normal_(layer.self_attn.q_proj.bias, std=0.5)
+        torch.nn.init.normal_(layer.self_attn.k_proj.bias, std=0.5)
+    src = tmp_path / "qwen2"
+    model.save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    report = export(str(src), tmp_path / "onnx")
+    assert report.fused.attention == "GroupQueryAttention" and report.verify.tokens_identical
+
+    decoder = OrtDecoder(session(tmp_path / "onnx" / "model.onnx"))
+    ids = torch.randint(4, len(tiny_tokenizer), (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # second row: 7 real tokens, then padding on the right
+    logits, past, _ = decoder.step(ids.numpy(), mask.numpy(), decoder.empty_past(2))
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    assert np.abs(logits[0] - ref[0]).max() < 1e-4
+    assert np.abs(logits[1, :7] - ref[1, :7]).max() < 1e-4
 
 
 def test_pruned_decoder_keeps_zeros_and_2of4_along_input_dim(pruned_llama_dir, pruned_llama_onnx):

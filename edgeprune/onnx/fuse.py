@@ -1,0 +1,221 @@
+"""Fused attention for exported Llama-family decoders: ONNX Runtime's ``GroupQueryAttention``.
+
+optimum's merged decoder graph spells every attention block out in ~150 small ops (shape arithmetic,
+RoPE halves, KV-cache concat, GQA head repetition, the causal mask, softmax with a NaN guard). With
+int4 weights those ops, not the matrix products, set SmolLM2's decode time: ~7,400 nodes in all. This
+pass replaces each block's attention core, from the q/k/v projections to the o_proj input, with one
+``com.microsoft.GroupQueryAttention`` node (RoPE, cache append, causal mask and GQA inside the kernel),
+then drops what no output needs. The q/k/v/o ``MatMul`` nodes and their weights are left exactly as
+they were, so the sparsity checks and the quantiser see the same linears.
+
+Contract of the fused graph (checked by export's verification against PyTorch): positions follow
+the attention mask, so batch rows must be unpadded or right-padded, and ``position_ids`` is no longer
+an input. ``past_key_values.*`` / ``present.*`` keep optimum's names and shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edgeprune.errors import EdgepruneError
+
+ATTENTION_OP = "GroupQueryAttention"
+_PROJ = re.compile(r"^/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
+_P = "/edgeprune_attention/"
+
+
+@dataclass
+class FuseReport:
+    attention: str  # "GroupQueryAttention", or "unfused" with the reason
+    layers: int
+    nodes_before: int
+    nodes_after: int
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rotary_tables(model, max_positions: int):
+    """cos/sin caches [positions, rotary_dim/2] exactly as the model's own rotary embedding computes them
+    (its rope scaling and attention scaling included)."""
+    import torch
+
+    rotary = model.model.rotary_emb
+    positions = torch.arange(max_positions, dtype=torch.long)[None]
+    probe = torch.zeros(1, dtype=torch.float32)
+    with torch.no_grad():
+        cos, sin = rotary(probe, positions)
+    half = cos.shape[-1] // 2
+    return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
+
+
+def _skip(reason: str, nodes: int) -> FuseReport:
+    return FuseReport(attention="unfused", layers=0, nodes_before=nodes, nodes_after=nodes, reason=reason)
+
+
+def fuse_attention(onnx_path: Path, model) -> FuseReport:
+    """Rewrite ``onnx_path`` in place (via a temporary file) with fused attention; the report says what happened.
+
+    ``model`` is the PyTorch model the graph was exported from (head sizes, RoPE tables, sliding window).
+    Graphs this pass does not recognise are left untouched, with the reason in the report.
+    """
+    import os
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    cfg = model.config
+    graph_model = onnx.load(str(onnx_path), load_external_data=False)
+    graph = graph_model.graph
+    before = len(graph.node)
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return _skip("sliding-window attention is not fused", before)
+    if not hasattr(getattr(model, "model", None), "rotary_emb"):
+        return _skip("the model has no rotary embedding module", before)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    rotary_dim = int(head_dim * getattr(cfg, "partial_rotary_factor", 1.0))
+    if rotary_dim != head_dim:
+        return _skip("partial rotary embeddings are not fused", before)
+
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    proj: dict[int, dict[str, onnx.NodeProto]] = {}
+    for n in graph.node:
+        m = _PROJ.match(n.name)
+        if m and n.op_type == "MatMul":
+            proj.setdefault(int(m.group(1)), {})[m.group(2)] = n
+    n_layers = cfg.num_hidden_layers
+    if sorted(proj) != list(range(n_layers)) or any(len(p) != 4 for p in proj.values()):
+        return _skip("the graph does not have one q/k/v/o projection per decoder layer", before)
+    outputs = {o.name for o in graph.output}
+
+    def projected(node) -> str:
+        """The projection's output, after its bias Add when it has one (Qwen2)."""
+        out = node.output[0]
+        users = consumers.get(out, [])
+        if len(users) == 1 and users[0].op_type == "Add" and any(i in inits for i in users[0].input):
+            return users[0].output[0]
+        return out
+
+    def width(node) -> int:
+        weight = inits.get(node.input[1])
+        if weight is None or len(weight.dims) != 2:
+            raise KeyError(node.name)
+        return int(weight.dims[1])
+
+    try:
+        widths = {i: (width(p["q"]), width(p["k"])) for i, p in proj.items()}
+    except KeyError as exc:
+        return _skip(f"{exc.args[0]} has no 2-D weight initialiser", before)
+    for i, (q, k) in widths.items():
+        if q % head_dim or k % head_dim or (q // head_dim) % (k // head_dim):
+            return _skip(f"layer {i}: {q // head_dim} query heads are not a multiple of {k // head_dim} KV heads", before)
+        if f"present.{i}.key" not in outputs or f"past_key_values.{i}.key" not in {x.name for x in graph.input}:
+            return _skip(f"layer {i} has no KV-cache input/output pair", before)
+
+    cos, sin = _rotary_tables(model, int(cfg.max_position_embeddings))
+    def constant(name, value):  # a Constant node, not an initialiser: stays inline even when weights go external
+        return helper.make_node("Constant", [], [_P + name], value=numpy_helper.from_array(value, _P + name), name=_P + name)
+
+    new_nodes = [
+        constant("axis1", np.array([1], np.int64)), constant("one", np.array(1, np.int64)), constant("index1", np.array(1, np.int64)),
+        helper.make_node("ReduceSum", ["attention_mask", _P + "axis1"], [_P + "lengths"], keepdims=0, name=_P + "lengths"),
+        helper.make_node("Sub", [_P + "lengths", _P + "one"], [_P + "last"], name=_P + "last"),
+        helper.make_node("Cast", [_P + "last"], [_P + "seqlens_k"], to=TensorProto.INT32, name=_P + "seqlens_k"),
+        helper.make_node("Shape", ["attention_mask"], [_P + "mask_shape"], name=_P + "mask_shape"),
+        helper.make_node("Gather", [_P + "mask_shape", _P + "index1"], [_P + "total"], axis=0, name=_P + "total"),
+        helper.make_node("Cast", [_P + "total"], [_P + "total_len"], to=TensorProto.INT32, name=_P + "total_len"),
+    ]
+    new_inits = [
+        numpy_helper.from_array(np.ascontiguousarray(cos), _P + "cos_cache"),
+        numpy_helper.from_array(np.ascontiguousarray(sin), _P + "sin_cache"),
+    ]
+    replaced, attn_info = set(), []
+    for i in range(n_layers):
+        p = proj[i]
+        q_heads, kv_heads = widths[i][0] // head_dim, widths[i][1] // head_dim
+        attn_out = f"/model/layers.{i}/self_attn/{ATTENTION_OP}_output_0"
+        new_nodes.append(helper.make_node(
+            ATTENTION_OP,
+            [projected(p["q"]), projected(p["k"]), projected(p["v"]), f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+             _P + "seqlens_k", _P + "total_len", _P + "cos_cache", _P + "sin_cache"],
+            [attn_out, f"present.{i}.key", f"present.{i}.value"],
+            name=f"/model/layers.{i}/self_attn/{ATTENTION_OP}", domain="com.microsoft",
+            num_heads=q_heads, kv_num_heads=kv_heads, scale=float(head_dim) ** -0.5, do_rotary=1, rotary_interleaved=0,
+        ))
+        p["o"].input[0] = attn_out
+        past = next(x for x in graph.input if x.name == f"past_key_values.{i}.key")
+        attn_info.append(helper.make_tensor_value_info(  # typed, so onnx shape inference (the int8 quantiser) can see through it
+            attn_out, past.type.tensor_type.elem_type, ["batch_size", "sequence_length", q_heads * head_dim]))
+        replaced.update((f"present.{i}.key", f"present.{i}.value"))
+
+    kept = [n for n in graph.node if not replaced.intersection(n.output)] + new_nodes
+    # keep only what the graph outputs need (walk back from them)
+    by_output = {o: n for n in kept for o in n.output}
+    needed, stack, live = set(), [o.name for o in graph.output], set()
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = by_output.get(name)
+        if node is not None and id(node) not in live:
+            live.add(id(node))
+            stack.extend(i for i in node.input if i)
+    nodes = _topological([n for n in kept if id(n) in live], {x.name for x in graph.input} | set(inits) | {t.name for t in new_inits})
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in nodes for i in n.input}
+    keep_inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits + new_inits)
+    keep_inputs = [x for x in graph.input if x.name in used]
+    del graph.input[:]
+    graph.input.extend(keep_inputs)
+    graph.value_info.clear()  # stale shapes of removed tensors
+    graph.value_info.extend(attn_info)
+    if not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
+        graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+    tmp = onnx_path.with_name(onnx_path.name + ".fusing")
+    try:
+        onnx.save(graph_model, str(tmp))  # external weights (if any) keep their file and offsets: only nodes changed
+        os.replace(tmp, onnx_path)
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise EdgepruneError(f"could not write the fused graph ({type(exc).__name__}: {exc})", "export with --no-fuse") from None
+    return FuseReport(attention=ATTENTION_OP, layers=n_layers, nodes_before=before, nodes_after=len(nodes))
+
+
+def _topological(nodes: list, available: set[str]) -> list:
+    """Order nodes so each comes after the producers of its inputs (Kahn's algorithm, stable)."""
+    from collections import deque
+
+    produced_by = {o: k for k, n in enumerate(nodes) for o in n.output}
+    waiting = [0] * len(nodes)
+    users: dict[int, list[int]] = {}
+    for k, n in enumerate(nodes):
+        deps = {produced_by[i] for i in n.input if i and i not in available and i in produced_by}
+        waiting[k] = len(deps)
+        for d in deps:
+            users.setdefault(d, []).append(k)
+    ready = deque(k for k in range(len(nodes)) if waiting[k] == 0)
+    out = []
+    while ready:
+        k = ready.popleft()
+        out.append(nodes[k])
+        for u in users.get(k, []):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.append(u)
+    if len(out) != len(nodes):
+        raise EdgepruneError("fused attention left a cycle in the graph", "export with --no-fuse and report it")
+    return out
