@@ -1,13 +1,14 @@
-"""Decode and prefill speed of structured-pruned graphs against their dense counterparts, over several rounds.
+"""Same-run speed-ups of ONNX graphs over their baselines (decode and prefill), over several rounds.
 
-    flock /tmp/edgeprune-bench.lock python benchmarks/structured_speed.py \
-        --pair fp32 runs/structured-int4/01-dense-export runs/structured-int4/04-export \
-        --pair int4 runs/dense-int4/03-quantize runs/structured-int4/05-quantize --rounds 4 --out bench-out/structured_speed
+    flock /tmp/edgeprune-bench.lock python benchmarks/speedup.py \
+        --pair structured-fp32 runs/fused/dense runs/fused/structured \
+        --pair structured-int4 runs/fused/dense-int4 runs/fused/structured-int4 \
+        --pair int4-vs-fp32 runs/fused/dense runs/fused/dense-int4 --rounds 4 --out bench-out/speedup
 
-Each round is one ``edgeprune.profile`` call over every graph (each measured in its own fresh process, 2 threads,
-128-token prompt, 32 decode tokens); the order of the graphs is reversed every other round so neither side always
-runs first. Per pair and round: dense / structured decode ms/token and TTFT (the speed-up). The medians over
-rounds are the headline. Writes OUT.json and OUT.md.
+Each round is one ``edgeprune.profile`` call over every distinct graph (each measured in its own fresh process,
+2 threads, 128-token prompt, 32 decode tokens); the order of the graphs is reversed every other round so no graph
+always runs first. Per pair and round: baseline / variant decode ms/token and TTFT (the speed-up). The medians
+over rounds are the headline. Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ from edgeprune.runtime import cpu_name
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pair", nargs=3, action="append", metavar=("LABEL", "DENSE", "STRUCTURED"), required=True)
+    ap.add_argument("--pair", nargs=3, action="append", metavar=("LABEL", "BASELINE", "VARIANT"), required=True)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--out", default="bench-out/structured_speed")
+    ap.add_argument("--out", default="bench-out/speedup")
     args = ap.parse_args()
 
-    graphs = [(f"{label}-{side}", path) for label, dense, structured in args.pair for side, path in (("dense", dense), ("structured", structured))]
+    paths = list(dict.fromkeys(p for _, base, variant in args.pair for p in (base, variant)))  # each graph once per round
+    graphs = [("-".join(Path(p).resolve().parts[-2:]), p) for p in paths]
+    name_of = {p: n for n, p in graphs}
+    if len(name_of) != len(set(name_of.values())):
+        raise SystemExit("two graphs share their last two path components; rename one folder")
     config = ProfileConfig(threads=(args.threads,), workload=Workload(prompt_lengths=(args.prompt,), decode_tokens=args.tokens, op_profile=False))
     device = config.device(load_device("this-host"))
     rounds = []
@@ -54,10 +59,11 @@ def main() -> None:
 
     result = {"host": cpu_name(), "threads": args.threads, "prompt": args.prompt, "decode_tokens": args.tokens,
               "graphs": dict(graphs), "rounds": rounds, "pairs": {}}
-    for label, _, _ in args.pair:
-        decode = [f[f"{label}-dense"]["decode_p50_ms"] / f[f"{label}-structured"]["decode_p50_ms"] for f in rounds]
-        ttft = [f[f"{label}-dense"]["ttft_p50_ms"] / f[f"{label}-structured"]["ttft_p50_ms"] for f in rounds]
-        result["pairs"][label] = {"decode_speedup": decode, "ttft_speedup": ttft, "decode_speedup_median": statistics.median(decode),
+    for label, base, variant in args.pair:
+        b, v = name_of[base], name_of[variant]
+        decode = [f[b]["decode_p50_ms"] / f[v]["decode_p50_ms"] for f in rounds]
+        ttft = [f[b]["ttft_p50_ms"] / f[v]["ttft_p50_ms"] for f in rounds]
+        result["pairs"][label] = {"baseline": b, "variant": v, "decode_speedup": decode, "ttft_speedup": ttft, "decode_speedup_median": statistics.median(decode),
                                   "ttft_speedup_median": statistics.median(ttft)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -71,9 +77,9 @@ def markdown(result: dict) -> str:
              "| round | " + " | ".join(f"{n} decode / TTFT ms" for n in result["graphs"]) + " |", "|---|" + "---|" * len(result["graphs"])]
     for i, f in enumerate(result["rounds"], 1):
         lines.append(f"| {i} | " + " | ".join(f"{f[n]['decode_p50_ms']:.2f} / {f[n]['ttft_p50_ms']:.0f}" for n in result["graphs"]) + " |")
-    lines += ["", "| pair | decode speed-up per round | median | TTFT speed-up median |", "|---|---|---:|---:|"]
+    lines += ["", "| pair | baseline → variant | decode speed-up per round | median | TTFT speed-up median |", "|---|---|---|---:|---:|"]
     for label, p in result["pairs"].items():
-        lines.append(f"| {label} | {', '.join(f'{x:.2f}×' for x in p['decode_speedup'])} | {p['decode_speedup_median']:.2f}× | "
+        lines.append(f"| {label} | {p['baseline']} → {p['variant']} | {', '.join(f'{x:.2f}×' for x in p['decode_speedup'])} | {p['decode_speedup_median']:.2f}× | "
                      f"{p['ttft_speedup_median']:.2f}× |")
     return "\n".join(lines) + "\n"
 
