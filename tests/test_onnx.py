@@ -479,6 +479,26 @@ def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(bits, me
     assert np.isfinite(logits).all() and len(decoder.greedy(ids, 8)) == 8
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_untied_head_quantises_with_no_unused_initialisers(scheme, tiny_tokenizer, tmp_path):
+    """An untied model (as every >2 GB export is, optimum's tied-weight dedup being off there): the embedding lookup
+    gets its block table, the head its own quantised MatMul, and nothing is left in the file that no node reads."""
+    from conftest import make_tiny_llama
+
+    from edgeprune.onnx import QuantizeConfig
+
+    src = tmp_path / "untied"
+    make_tiny_llama(len(tiny_tokenizer), tie_word_embeddings=False, initializer_range=0.2).save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    report = export(str(src), tmp_path / "onnx", ExportConfig(quantize=QuantizeConfig(scheme, method="rtn")))
+    assert report.quantized.settings["embedding"]["tied_heads"] == 0
+    graph = onnx.load(str(tmp_path / "onnx" / f"model_{scheme}.onnx")).graph
+    read = {i for n in graph.node for i in n.input}
+    assert [t.name for t in graph.initializer if t.name not in read] == []
+    assert any(n.op_type == "GatherBlockQuantized" for n in graph.node)
+    assert np.isfinite(report.quantized.quality["max_abs_diff"]["decode.logits"])  # it ran, and was compared with PyTorch
+
+
 # --- mobile format ------------------------------------------------------------------------------
 
 

@@ -311,8 +311,8 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
     graph.ClearField("node")
     graph.node.extend(new_nodes)
     used = {i for n in new_nodes for i in n.input}
-    if table not in used:
-        graph.initializer.remove(inits[table])
+    for t in [t for t in graph.initializer if t.name not in used and (t.name == table or t.name.startswith(table + "_"))]:
+        graph.initializer.remove(t)  # the float table once nothing reads it; the head's scales when the head is not tied
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return {"table": table, "shape": [rows, cols], "tied_heads": tied_heads, "block_size": block, "bits": bits,
