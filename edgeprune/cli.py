@@ -178,6 +178,7 @@ def structured(
     out: Path = typer.Option(..., "--out", help="output folder (a Hugging Face folder with smaller blocks)"),
     target_params: Optional[float] = typer.Option(None, help="fraction of the blocks' linear parameters to keep, e.g. 0.75"),
     target_latency_ms: Optional[float] = typer.Option(None, help="or: decode ms/token budget, measured with ONNX Runtime on --device"),
+    target_speedup: Optional[float] = typer.Option(None, help="or: decode this many times faster than dense, measured on --device"),
     device: Optional[str] = typer.Option(None, "--device", help="device profile for --target-latency-ms (file or name)"),
     score: str = typer.Option("output", help="unit importance: output (contribution to the block output), wanda-sp, magnitude"),
     search: str = typer.Option("evolution", help="evolution (on the calibration loss), greedy, or uniform (same shape every block)"),
@@ -195,9 +196,10 @@ def structured(
     from edgeprune.data import CalibConfig
     from edgeprune.structured import StructuredConfig, structured as run_structured
 
-    if target_params is None and target_latency_ms is None:
+    if target_params is None and target_latency_ms is None and target_speedup is None:
         target_params = 0.75
-    config = StructuredConfig(target_params=target_params, target_latency_ms=target_latency_ms, latency_device=device, score=score,
+    config = StructuredConfig(target_params=target_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup,
+                              latency_device=device, score=score,
                               search=search, reform=reform, drop_blocks=drop_blocks, calib=CalibConfig(calib, samples, seqlen, seed),
                               generations=generations,
                               population=population, seed=seed)

@@ -223,6 +223,9 @@ def test_reformation_off_keeps_the_removal_error(gqa_llama_dir, tmp_path):
     (["--target-latency-ms", "10"], "needs a device"),
     (["--target-params", "0.5", "--target-latency-ms", "-3", "--device", "this-host"], "must be positive"),
     (["--target-params", "0.5", "--target-latency-ms", "10", "--device", "no-such-device"], "no-such-device"),
+    (["--target-speedup", "1.3"], "needs a device"),
+    (["--target-speedup", "0.9", "--device", "this-host"], "is not above 1"),
+    (["--target-speedup", "1.3", "--target-latency-ms", "10", "--device", "this-host"], "pass one latency budget"),
     (["--target-params", "0.05", "--search", "uniform"], "below the smallest model the search can reach"),
     (["--target-params", "0.7", "--score", "nope"], "unknown structured score"),
 ])
@@ -257,6 +260,17 @@ def test_latency_budget_is_measured_on_the_device(gqa_llama_dir, tmp_path):
         structured(str(gqa_llama_dir), tmp_path / "none", StructuredConfig(target_params=None, target_latency_ms=1e-6,
                                                                           latency_device=str(device), **TINY))
     no_leftovers(tmp_path, "none")
+
+
+def test_speedup_target_is_a_latency_budget_against_the_measured_dense_model(gqa_llama_dir, tmp_path):
+    device = tmp_path / "dev.toml"
+    device.write_text('name = "tiny-host"\nintra_op_threads = 1\nwarmup = 2\nruns = 5\n')
+    report = structured(str(gqa_llama_dir), tmp_path / "fast", StructuredConfig(target_params=None, target_speedup=1.1,
+                                                                              latency_device=str(device), search="greedy", **TINY))
+    lat = report.latency
+    assert lat["budget_ms"] == pytest.approx(lat["predicted_dense_ms"] / 1.1, abs=1e-3)  # both rounded to µs
+    assert lat["predicted_ms"] <= lat["budget_ms"] + 1e-3 and report.kept_fraction < 1
+    assert report.target == {"speedup": 1.1, "device": str(device)}
 
 
 def test_a_config_needs_a_target():

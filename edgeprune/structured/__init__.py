@@ -37,6 +37,7 @@ class StructuredConfig:
 
     target_params: float | None = 0.75  # fraction of the blocks' linear parameters to keep
     target_latency_ms: float | None = None  # or: decode ms/token on the latency device, measured with ONNX Runtime
+    target_speedup: float | None = None  # or: decode this many times faster than the dense model on the latency device
     latency_device: str | None = None  # device profile (name or .toml) the latency budget is measured on
     score: str = "output"  # per-unit importance: output, wanda-sp, magnitude
     search: str = "evolution"  # evolution, greedy, uniform
@@ -54,8 +55,14 @@ class StructuredConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        if self.target_params is None and self.target_latency_ms is None:
-            raise EdgepruneError("no target given", "pass --target-params F and/or --target-latency-ms X --device D")
+        if self.target_params is None and self.target_latency_ms is None and self.target_speedup is None:
+            raise EdgepruneError("no target given", "pass --target-params F and/or --target-latency-ms X (or --target-speedup S) --device D")
+        if self.target_latency_ms is not None and self.target_speedup is not None:
+            raise EdgepruneError("both --target-latency-ms and --target-speedup given", "pass one latency budget")
+        if self.target_speedup is not None and not self.target_speedup > 1:
+            raise EdgepruneError(f"--target-speedup {self.target_speedup} is not above 1", "pass e.g. --target-speedup 1.25")
+        if self.target_speedup is not None and not self.latency_device:
+            raise EdgepruneError("a speed-up target needs a device to measure on", "add --device devices/this-host.toml (or a profile name)")
         if self.target_params is not None and not 0 < self.target_params <= 1:
             raise EdgepruneError(f"--target-params {self.target_params} is not in (0, 1]",
                                  "pass the fraction of block parameters to keep, e.g. --target-params 0.75")
@@ -165,11 +172,14 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
     if config.target_params is not None:
         budgets.append((params, config.target_params * params(dense_arch(spaces)), "parameters"))
     latency = None
-    if config.target_latency_ms is not None:
+    if config.target_latency_ms is not None or config.target_speedup is not None:
         from edgeprune.structured.latency import latency_cost
 
         lat_cost, latency = latency_cost(loaded, spaces, config, progress)
-        budgets.append((lat_cost, config.target_latency_ms, "ms"))
+        # a speed-up is against the dense model as measured in the same latency model, so run-to-run drift cancels
+        ms = config.target_latency_ms or lat_cost(dense_arch(spaces)) / config.target_speedup
+        latency["budget_ms"] = round(ms, 3)
+        budgets.append((lat_cost, ms, "ms"))
     # one cost for the search: the most-spent budget's fraction, within budget when ≤ 1
     cost, budget = (lambda arch: max(c(arch) / b for c, b, _ in budgets)), 1.0
     step = (lambda i, n: progress("search", i, n)) if progress else None
@@ -234,7 +244,7 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
         loaded.adapter.keep_blocks(loaded.model, [i for i in range(len(kept)) if i not in removed])
     after = sum(block_params(b, loaded.adapter) for b in loaded.adapter.blocks(loaded.model))
     target = {k: v for k, v in (("params", config.target_params), ("latency_ms", config.target_latency_ms),
-                                ("device", config.latency_device)) if v is not None}
+                                ("speedup", config.target_speedup), ("device", config.latency_device)) if v is not None}
     report = StructuredReport(config.score, config.search, target, before, after, model_layout(loaded.model, loaded.adapter),
                               log, reform_log, 0.0, latency, removed)
     report.seconds = round(time.perf_counter() - start, 2)
