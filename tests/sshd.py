@@ -80,8 +80,11 @@ class LoopbackSshd:
         import psutil
 
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            if child.name().startswith("sshd"):
-                child.kill()
+            try:  # a connection's process may end between the listing and the kill
+                if child.name().startswith("sshd"):
+                    child.kill()
+            except psutil.NoSuchProcess:
+                pass
         self.stop()
 
     def stop(self) -> None:
