@@ -142,3 +142,11 @@ def gpt2_dir(tmp_path_factory, tiny_tokenizer):
     GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=len(tiny_tokenizer))).save_pretrained(path)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+def terminal_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT as Ctrl-C would: a shell that starts jobs in the
+    background hands them SIGINT ignored, and the child would inherit that; restore the default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

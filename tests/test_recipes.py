@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import error_line
+from conftest import error_line, terminal_sigint
 from edgeprune.cli import app
 from edgeprune.errors import EdgepruneError
 from edgeprune.recipes import load_recipe, recipes_dir, run_recipe
@@ -109,7 +109,7 @@ def test_a_changed_setting_reruns_only_the_steps_after_it(tiny_llama_dir, tiny_d
 def _run_cli(args: list[str], cwd: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "edgeprune.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=terminal_sigint)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])

@@ -30,6 +30,7 @@ from edgeprune.profiling import SshOptions, Workload, load_device, profile  # no
 from edgeprune.profiling.devices import DeviceProfile  # noqa: E402
 from edgeprune.profiling.remote import RemoteRunLost, SshTarget, parse_target  # noqa: E402
 
+from conftest import terminal_sigint  # noqa: E402
 from sshd import LoopbackSshd, SshdMissing, free_port  # noqa: E402
 
 runner = CliRunner()
@@ -299,7 +300,8 @@ def test_interrupt_stops_the_remote_run_and_removes_its_folder(sshd, remote_dir,
     toml = _device_toml(tmp_path, sshd, remote_dir, runs=10**7)  # minutes: only the interrupt ends it
     cmd = [sys.executable, "-m", "edgeprune.cli", "profile", str(tiny_onnx[1]), "--device", str(toml), "--known-hosts",
            str(sshd.known_hosts), "--no-op-profile", "--seq-lengths", "8", "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"},
+                            preexec_fn=terminal_sigint)
     seen = []
     for line in proc.stderr:
         seen.append(line)
