@@ -82,7 +82,6 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
         return _skip("partial rotary embeddings are not fused", before)
 
     inits = {t.name: t for t in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:
@@ -122,6 +121,7 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
             return _skip(f"layer {i} has no KV-cache input/output pair", before)
 
     cos, sin = _rotary_tables(model, int(cfg.max_position_embeddings))
+
     def constant(name, value):  # a Constant node, not an initialiser: stays inline even when weights go external
         return helper.make_node("Constant", [], [_P + name], value=numpy_helper.from_array(value, _P + name), name=_P + name)
 
