@@ -67,6 +67,7 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     cfg = model.config
     graph_model = onnx.load(str(onnx_path), load_external_data=False)
@@ -95,6 +96,7 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
     if sorted(proj) != list(range(n_layers)) or any(len(p) != 4 for p in proj.values()):
         return _skip("the graph does not have one q/k/v/o projection per decoder layer", before)
     outputs = {o.name for o in graph.output}
+    inputs = {x.name: x for x in graph.input}
 
     def projected(node) -> str:
         """The projection's output, after its bias Add when it has one (Qwen2)."""
@@ -117,7 +119,7 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
     for i, (q, k) in widths.items():
         if q % head_dim or k % head_dim or (q // head_dim) % (k // head_dim):
             return _skip(f"layer {i}: {q // head_dim} query heads are not a multiple of {k // head_dim} KV heads", before)
-        if f"present.{i}.key" not in outputs or f"past_key_values.{i}.key" not in {x.name for x in graph.input}:
+        if f"present.{i}.key" not in outputs or f"past_key_values.{i}.key" not in inputs:
             return _skip(f"layer {i} has no KV-cache input/output pair", before)
 
     cos, sin = _rotary_tables(model, int(cfg.max_position_embeddings))
@@ -152,34 +154,18 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
             num_heads=q_heads, kv_num_heads=kv_heads, scale=float(head_dim) ** -0.5, do_rotary=1, rotary_interleaved=0,
         ))
         p["o"].input[0] = attn_out
-        past = next(x for x in graph.input if x.name == f"past_key_values.{i}.key")
         attn_info.append(helper.make_tensor_value_info(  # typed, so onnx shape inference (the int8 quantiser) can see through it
-            attn_out, past.type.tensor_type.elem_type, ["batch_size", "sequence_length", q_heads * head_dim]))
+            attn_out, inputs[f"past_key_values.{i}.key"].type.tensor_type.elem_type, ["batch_size", "sequence_length", q_heads * head_dim]))
         replaced.update((f"present.{i}.key", f"present.{i}.value"))
 
     kept = [n for n in graph.node if not replaced.intersection(n.output)] + new_nodes
-    # keep only what the graph outputs need (walk back from them)
-    by_output = {o: n for n in kept for o in n.output}
-    needed, stack, live = set(), [o.name for o in graph.output], set()
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        node = by_output.get(name)
-        if node is not None and id(node) not in live:
-            live.add(id(node))
-            stack.extend(i for i in node.input if i)
-    nodes = _topological([n for n in kept if id(n) in live], {x.name for x in graph.input} | set(inits) | {t.name for t in new_inits})
     del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for n in nodes for i in n.input}
-    keep_inits = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep_inits + new_inits)
-    keep_inputs = [x for x in graph.input if x.name in used]
-    del graph.input[:]
-    graph.input.extend(keep_inputs)
+    graph.node.extend(kept)
+    graph.initializer.extend(new_inits)
+    # ONNX Runtime's own graph helper: drop what no output needs (nodes, initialisers, position_ids), then re-order
+    tidy = OnnxModel(graph_model)
+    tidy.prune_graph()
+    tidy.topological_sort()
     graph.value_info.clear()  # stale shapes of removed tensors
     graph.value_info.extend(attn_info)
     if not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
@@ -192,30 +178,5 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise EdgepruneError(f"could not write the fused graph ({type(exc).__name__}: {exc})", "export with --no-fuse") from None
-    return FuseReport(attention=ATTENTION_OP, layers=n_layers, nodes_before=before, nodes_after=len(nodes))
+    return FuseReport(attention=ATTENTION_OP, layers=n_layers, nodes_before=before, nodes_after=len(graph.node))
 
-
-def _topological(nodes: list, available: set[str]) -> list:
-    """Order nodes so each comes after the producers of its inputs (Kahn's algorithm, stable)."""
-    from collections import deque
-
-    produced_by = {o: k for k, n in enumerate(nodes) for o in n.output}
-    waiting = [0] * len(nodes)
-    users: dict[int, list[int]] = {}
-    for k, n in enumerate(nodes):
-        deps = {produced_by[i] for i in n.input if i and i not in available and i in produced_by}
-        waiting[k] = len(deps)
-        for d in deps:
-            users.setdefault(d, []).append(k)
-    ready = deque(k for k in range(len(nodes)) if waiting[k] == 0)
-    out = []
-    while ready:
-        k = ready.popleft()
-        out.append(nodes[k])
-        for u in users.get(k, []):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                ready.append(u)
-    if len(out) != len(nodes):
-        raise EdgepruneError("fused attention left a cycle in the graph", "export with --no-fuse and report it")
-    return out
