@@ -185,7 +185,7 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
     step = (lambda i, n: progress("search", i, n)) if progress else None
     smallest_arch = tuple((1, s.min_channels) for s in spaces)
     if latency is not None:
-        latency["predicted_smallest_ms"] = round(budgets[-1][0](smallest_arch), 3)
+        latency["predicted_smallest_ms"] = round(lat_cost(smallest_arch), 3)
     for c, b, unit in budgets:
         if c(smallest_arch) > b:
             raise EdgepruneError(f"the budget ({b:.4g} {unit}) is below the smallest model the search can reach "
@@ -203,8 +203,8 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
         arch, search_log = evolve(spaces, scores, cost, budget, fitness, config.population, config.generations, config.seed, step)
         log = dataclasses.asdict(search_log)
     if latency is not None:
-        latency["predicted_ms"] = round(budgets[-1][0](arch), 3)
-        latency["predicted_dense_ms"] = round(budgets[-1][0](dense_arch(spaces)), 3)
+        latency["predicted_ms"] = round(lat_cost(arch), 3)
+        latency["predicted_dense_ms"] = round(lat_cost(dense_arch(spaces)), 3)
     return arch, spaces, log, latency
 
 
