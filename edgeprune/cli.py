@@ -36,6 +36,30 @@ def user_errors(fn):
     return wrapper
 
 
+def _set_threads(threads: int | None) -> None:
+    """--threads: the CPU threads PyTorch uses; edgeprune's ONNX Runtime sessions take the same number."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise EdgepruneError(f"--threads {threads} is not a positive number", "use e.g. --threads 2, or leave it out for all cores")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgeprune import __version__
+
+        typer.echo(f"edgeprune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit")):
+    """Prune transformer models and get them ready for devices."""
+
+
 def _key_values(items: list[str], what: str) -> dict:
     out = {}
     for item in items or []:
@@ -55,32 +79,64 @@ def _typed(value: str):
     return {"true": True, "false": False}.get(value.lower(), value)
 
 
-class _LayerProgress:
-    """A rich progress bar for per-layer work: layers done and the time left."""
+class _Display:
+    """The live display of one command, on stderr when it is a terminal: a line per phase (what it is doing, elapsed time), with a bar and the
+    time left when the phase can count. Library code reports phases through ``edgeprune.progress.status``; the per-layer
+    callbacks of prune/nm and structured's per-stage callback count the current phase."""
 
-    def __init__(self, description: str, unit: str = "layers"):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    UNITS = {"score": "blocks", "reform": "blocks", "search": "generations", "latency": "measurements"}
 
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), transient=False,
-        )
-        self.description = description
-        self.task = None
+    def __init__(self, label: str = "", unit: str = "layers"):
+        self.label, self.unit = label, unit
+        self.progress = self.task = self.text = None
+        self._reporting = None
 
     def __enter__(self):
+        from edgeprune.progress import reporting
+
+        self._reporting = reporting(self.status)
+        self._reporting.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self.task is not None:  # started lazily: a run that fails before the first layer prints nothing
-            return self.progress.__exit__(*exc)
-        return None
+        self._reporting.__exit__(*exc)
+        if self.progress is not None:  # started at the first phase: a run that fails validation prints only its error
+            if exc[0] is None:
+                self._finish()
+            self.progress.stop()
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.task is None:
-            self.progress.__enter__()
-            self.task = self.progress.add_task(self.description, total=total)
-        self.progress.update(self.task, completed=done)
+    def _finish(self) -> None:
+        task = self.progress.tasks[-1]
+        if task.total is None:
+            self.progress.update(self.task, total=1, completed=1)
+        else:
+            self.progress.update(self.task, completed=task.total)
+
+    def status(self, text: str, done: int | None = None, total: int | None = None) -> None:
+        if self.progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            console = Console(stderr=True)  # stdout stays for results (eval and profile --json print JSON there)
+            self.progress = Progress(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"), BarColumn(bar_width=24),
+                                     TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=console,
+                                     disable=not console.is_terminal)  # logs and pipes get the results, not redraws
+            self.progress.start()
+        if text != self.text:
+            if self.task is not None:
+                self._finish()
+            self.task, self.text = self.progress.add_task(text, total=total, count=""), text
+        count = ""
+        if total:
+            left = self.progress.tasks[-1].time_remaining
+            count = f"{done or 0}/{total}" + (f", {left:.0f}s left" if left is not None and (done or 0) < total else "")
+        self.progress.update(self.task, total=total, completed=done or 0, count=count)
+
+    def __call__(self, done: int, total: int) -> None:  # prune/nm: layers done
+        self.status(f"{self.label} ({self.unit})", done, total)
+
+    def stage(self, stage: str, done: int, total: int) -> None:  # structured: score, search, latency, reform
+        self.status(f"{stage} ({self.UNITS.get(stage, 'steps')})", done, total)
 
 
 @app.command()
@@ -94,10 +150,12 @@ def prune(
     samples: int = typer.Option(32, help="calibration sequences"),
     seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
     seed: int = typer.Option(0, help="seed for choosing calibration windows"),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    torch_device: str = typer.Option("cpu", "--torch-device", help="where PyTorch computes: cpu, cuda or auto"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: all cores)"),
     override: List[str] = typer.Option([], help="per-layer override GLOB=SPEC, e.g. '*.down_proj=dense' or '*layers.0.*=4:8'"),
     option: List[str] = typer.Option([], help="method hyperparameter KEY=VALUE, e.g. steps=60"),
-    permute: bool = typer.Option(False, help="N:M: first reorder input channels (absorbed exactly) to keep more important weights"),
+    permute: bool = typer.Option(False, help="for N:M patterns, first reorder input channels (absorbed exactly) to keep more "
+                                              "important weights"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Prune MODEL and write a Hugging Face folder with zeros in the weights and edgeprune.json."""
@@ -108,12 +166,13 @@ def prune(
         method=method,
         sparsity=sparsity,
         calib=CalibConfig(calib, samples, seqlen, seed),
-        device=device,
+        device=torch_device,
         overrides=_key_values(override, "override"),
         options={k: _typed(v) for k, v in _key_values(option, "option").items()},
         permute=permute,
     )
-    with _LayerProgress(f"{method} {sparsity}") as bar:
+    _set_threads(threads)
+    with _Display(f"{method} {sparsity}") as bar:
         report = run_prune(model, out, config, overwrite=overwrite, progress=bar)
     typer.echo(f"pruned {len(report.layers)} linear layers to {report.overall_sparsity:.1%} sparsity in {report.seconds:.0f}s → {out}")
 
@@ -137,7 +196,7 @@ def nm(
     from edgeprune.pruning.convert import NMConfig, convert_nm
 
     config = NMConfig(pattern=pattern, method=method, calib=CalibConfig(calib, samples, seqlen), permute=permute, compare=compare)
-    with _LayerProgress(f"{method} → {pattern}") as bar:
+    with _Display(f"{method} → {pattern}") as bar:
         result = convert_nm(model_dir, out, config, overwrite=overwrite, progress=bar)
     if "gain_over_projection" in result:
         typer.echo(
@@ -146,29 +205,6 @@ def nm(
         )
     else:
         typer.echo(f"converted to {pattern} → {out}")
-
-
-class _StageProgress:
-    """One rich bar per stage (score, search, reform, ...), started lazily, as ``progress(stage, done, total)``."""
-
-    UNITS = {"score": "blocks", "reform": "blocks", "search": "generations", "latency": "measurements"}
-
-    def __init__(self):
-        self.bars: dict[str, _LayerProgress] = {}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for bar in self.bars.values():
-            bar.__exit__(*exc)
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.bars:
-            for bar in self.bars.values():  # the previous stage is finished
-                bar.__exit__(None, None, None)
-            self.bars[stage] = _LayerProgress(stage, self.UNITS.get(stage, "steps"))
-        self.bars[stage](done, total)
 
 
 @app.command()
@@ -203,8 +239,8 @@ def structured(
                               search=search, reform=reform, drop_blocks=drop_blocks, calib=CalibConfig(calib, samples, seqlen, seed),
                               generations=generations,
                               population=population, seed=seed)
-    with _StageProgress() as bar:
-        report = run_structured(model, out, config, overwrite=overwrite, progress=bar)
+    with _Display() as bar:
+        report = run_structured(model, out, config, overwrite=overwrite, progress=bar.stage)
     reformed = [e for e in report.reform if "reformed_error" in e]
     line = (f"kept {report.kept_fraction:.1%} of block parameters ({report.params_after / 1e6:.1f}M of {report.params_before / 1e6:.1f}M)"
             f" in {report.seconds:.0f}s → {out}")
@@ -226,7 +262,8 @@ def eval_(
     reference: Optional[str] = typer.Option(None, help="dense model to compare with (default: the source in edgeprune.json)"),
     seqlen: int = typer.Option(512, help="tokens per perplexity window"),
     max_windows: Optional[int] = typer.Option(None, help="evaluate at most this many windows"),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto"),
+    torch_device: str = typer.Option("cpu", "--torch-device", help="where PyTorch computes: cpu, cuda or auto"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result to this JSON file"),
     onnx_file: Optional[str] = typer.Option(None, help="exported folder: the graph to run with ONNX Runtime (default model.onnx)"),
 ):
@@ -236,8 +273,10 @@ def eval_(
     from edgeprune.evaluation import evaluate
     from edgeprune.io import write_json
 
-    result = evaluate(model, text=text, reference=reference, seqlen=seqlen, max_windows=max_windows, device=device,
-                      onnx_file=onnx_file)
+    _set_threads(threads)
+    with _Display():
+        result = evaluate(model, text=text, reference=reference, seqlen=seqlen, max_windows=max_windows, device=torch_device,
+                          onnx_file=onnx_file)
     if json_out:
         write_json(json_out, json.loads(result.to_json()))
     typer.echo(result.to_json())
@@ -259,6 +298,7 @@ def export_(
     ort_format: bool = typer.Option(False, help="also write .ort files and required_operators.config for ORT mobile/minimal builds"),
     fuse: bool = typer.Option(True, help="decoders: attention as one GroupQueryAttention op per layer (faster on CPU); "
                                          "--no-fuse keeps optimum's graph as exported"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Export MODEL to ONNX (decoders: one merged graph with a KV cache), verified against PyTorch, zeros checked."""
@@ -266,7 +306,9 @@ def export_(
 
     quant = QuantizeConfig(quantize, block_size, symmetric, quantize_head, method=int4_method, head_bits=head_bits) if quantize else None
     config = ExportConfig(pooling=pooling, verify=verify, quantize=quant, ort_format=ort_format, fuse=fuse)
-    report = run_export(model, out, config, overwrite=overwrite)
+    _set_threads(threads)
+    with _Display():
+        report = run_export(model, out, config, overwrite=overwrite)
     size = sum(b for f, b in report.files.items() if f.startswith("model.onnx")) / 2**20  # the float graph (+ external data)
     line = f"exported {report.architecture} ({report.task}) in {report.seconds_export:.0f}s, {size:.1f} MiB → {out}"
     if report.fused is not None:
@@ -378,6 +420,7 @@ def profile_(
     known_hosts: Optional[Path] = typer.Option(None, help="known_hosts file to check the device's host key against (default: ssh's)"),
     local: bool = typer.Option(False, "--local", help="measure on this host even when the profile names a remote device"),
     also_local: bool = typer.Option(False, "--also-local", help="measure on this host and on the remote device, side by side"),
+    json_: bool = typer.Option(False, "--json", help="print report.json on stdout (the one-line summaries go to stderr)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Profile ONNX graphs with ONNX Runtime under a device profile, each variant in a fresh process; compare side by side.
@@ -400,21 +443,24 @@ def profile_(
     with _sigterm_as_interrupt():
         report = run_profile(onnx_dirs, profile_device, config.threads, out, strict=config.strict, workload=config.workload,
                              overwrite=overwrite, progress=lambda line: typer.echo(line, err=True), where=where, ssh=ssh)
+    say = functools.partial(typer.echo, err=json_)
     for note in report.notes:
         typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)
     for v in report.variants:
         for r in v.runs:
             if not r.ok:
-                typer.echo(f"{v.name} @ {r.threads}t: FAILED: {r.reason}")
+                say(f"{v.name} @ {r.threads}t: FAILED: {r.reason}")
                 continue
             figures = [f"{k} {val:.3g}" for k, val in r.headline.items()]
             if r.memory:
                 figures.append(f"peak RSS {r.memory.peak_mb:.0f} MiB")
             verdict = "" if not r.budgets else "; budgets " + ("pass" if all(b.passed for b in r.budgets) else
                                                               "FAIL: " + ", ".join(b.name for b in r.budgets if not b.passed))
-            typer.echo(f"{v.name} @ {r.threads}t: " + ", ".join(figures) + verdict + ("; UNSTABLE" if r.unstable else ""))
+            say(f"{v.name} @ {r.threads}t: " + ", ".join(figures) + verdict + ("; UNSTABLE" if r.unstable else ""))
     targets = list(dict.fromkeys(v.remote["target"] if v.remote else "this host" for v in report.variants))
-    typer.echo(f"report → {out}/report.html (measured on {' and '.join(targets)}, not scaled to '{profile_device.name}')")
+    say(f"report → {out}/report.html (measured on {' and '.join(targets)}, not scaled to '{profile_device.name}')")
+    if json_:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
 
 
 @app.command()
@@ -430,6 +476,7 @@ def quantize(
     method: str = typer.Option("gptq", help="int4: gptq (calibrated on --calib text, pruned zeros held) or rtn (round to nearest)"),
     calib: str = typer.Option("pydoc", help="int4 gptq: calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
     verify: bool = typer.Option(True, help="compare with the PyTorch model it was exported from"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Quantise an exported folder into a new one; pruned zeros must stay exactly zero (checked on the codes)."""
@@ -438,7 +485,9 @@ def quantize(
     from edgeprune.data import CalibConfig
 
     config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib), head_bits=head_bits)
-    report = run_quantize(onnx_dir, out, config, verify=verify, overwrite=overwrite)
+    _set_threads(threads)
+    with _Display():
+        report = run_quantize(onnx_dir, out, config, verify=verify, overwrite=overwrite)
     line = f"{report.scheme}: {report.bytes / 2**20:.1f} MiB → {out}/model.onnx; zeros kept: {'yes' if not report.lost else 'no'}"
     if report.quality.get("greedy_tokens_identical_prefix") is not None:
         line += f"; greedy tokens identical to PyTorch: {report.quality['greedy_tokens_identical_prefix']}/{report.quality['new_tokens']}"
@@ -483,23 +532,44 @@ class _RunProgress:
     def message(self, text: str) -> None:
         self.progress.update(self.work, description=f"  {text}")
 
+    def status(self, text: str, done: int | None, total: int | None) -> None:
+        task = next(t for t in self.progress.tasks if t.id == self.work)
+        if task.description != f"  {text}" or task.total != total:  # a new phase: its own count (or none)
+            self.progress.remove_task(self.work)
+            self.work = self.progress.add_task(f"  {text}", total=total)
+        self.progress.update(self.work, completed=done or 0)
 
-def _print_summary(result) -> None:
+
+def _print_summary(result, console=None) -> None:
+    """The run's figures with one column per variant and one row per figure (fits 80 columns; cells wrap, never cut),
+    then what pruning bought against the unpruned model at the same precision."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    from edgeprune.report.run import summary_table
+    from edgeprune.report.run import same_precision_sentence, speedup_note, summary_by_metric
 
-    headers, rows = summary_table(result.summary)
-    table = Table(*headers, title=f"{result.recipe}: {len(result.ran)} step(s) ran, {len(result.reused)} reused, {result.seconds:.0f}s")
-    for row in rows:
-        table.add_row(*row)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # logs and pipes: the whole table, not 80 columns of ellipses
+    names, sections = summary_by_metric(result.summary)
+    table = Table(title=f"{result.recipe}: {len(result.ran)} step(s) ran, {len(result.reused)} reused, {result.seconds:.0f}s")
+    table.add_column("", overflow="fold")
+    for name in names:
+        table.add_column(Text(name), justify="right", overflow="fold")  # Text: names and values are not rich markup
+    for title, rows in sections:
+        if title:
+            table.add_section()
+            table.add_row(Text(title, style="italic"))
+        for row in rows:
+            table.add_row(*map(Text, row))
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=120)  # logs and pipes: a fixed, readable width
     console.print(table)
+    for line in (speedup_note(result.summary), same_precision_sentence(result.summary)):
+        if line:
+            console.print(Text(line))
     if result.report:
-        typer.echo(f"report → {result.report} (and report.md)")
+        console.print(Text(f"report → {result.report} (and report.md)"), soft_wrap=True)  # one line: a path to copy
 
 
 @contextlib.contextmanager
@@ -554,7 +624,7 @@ def demo(
 def list_():
     """Registered pruning methods, patterns, exporters, quantisation modes, bundled models, recipes and device profiles."""
     from edgeprune.models import ADAPTERS
-    from edgeprune.models.loading import BUNDLED
+    from edgeprune.specs import BUNDLED
     from edgeprune.onnx import QUANT_SCHEMES
     from edgeprune.profiling.devices import devices_dir
     from edgeprune.pruning import PRUNERS

@@ -14,10 +14,27 @@ from edgeprune.errors import EdgepruneError
 
 
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Can ``out`` be written? Checked before any slow work: it must not exist (unless ``overwrite``), no folder above it
+    may be a file, and the nearest existing folder above it must take a new entry (probed with a temporary folder)."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise EdgepruneError(f"output '{out}' already exists", "pass --overwrite or choose another --out")
+    check_writable(out)
     return out
+
+
+def check_writable(out: str | os.PathLike) -> None:
+    """The folders above ``out`` are folders (or can be made), and the nearest existing one takes a new entry."""
+    out = Path(out)
+    parent = out.absolute().parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise EdgepruneError(f"cannot create '{out}': '{parent}' is a file, not a folder", "choose an --out inside a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edgeprune-write-test.", dir=parent))
+    except OSError as exc:
+        raise EdgepruneError(f"cannot write to '{parent}': {exc.strerror}", "choose a writable --out with free space") from None
 
 
 @contextlib.contextmanager

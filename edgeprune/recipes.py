@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.progress import reporting
 from edgeprune.registry import Registry
 from edgeprune.tomlconf import build, line_of, parse_set, set_path, unwrap_optional
 
@@ -312,6 +313,7 @@ class RunProgress(Protocol):
     def done(self, label: str, seconds: float, cached: bool) -> None: ...
     def layers(self, done: int, total: int) -> None: ...
     def message(self, text: str) -> None: ...
+    def status(self, text: str, done: int | None, total: int | None) -> None: ...  # edgeprune.progress reports
 
 
 class _Quiet:
@@ -319,6 +321,7 @@ class _Quiet:
     def done(self, label, seconds, cached): pass
     def layers(self, done, total): pass
     def message(self, text): pass
+    def status(self, text, done, total): pass
 
 
 @dataclass
@@ -360,7 +363,7 @@ class RecipeRun:
 
 def _fingerprint(spec: str) -> dict:
     """A cheap identity of the source model: its files' names, sizes and modification times (hashing GBs is not cheap)."""
-    from edgeprune.models.loading import resolve_spec
+    from edgeprune.specs import resolve_spec
 
     kind, path, gguf = resolve_spec(spec)
     if path is None:
@@ -518,7 +521,7 @@ def run_recipe(
     Steps whose config and inputs are unchanged are reused from an earlier run in ``out``; a step that was
     interrupted left nothing behind and runs again. ``devices`` replaces the recipe's device profiles.
     """
-    from edgeprune.io import atomic_dir, write_json
+    from edgeprune.io import atomic_dir, check_writable, write_json
     from edgeprune.profiling import load_device
 
     if not isinstance(recipe, Recipe):
@@ -532,6 +535,7 @@ def run_recipe(
         raise EdgepruneError("two device profiles share a name", "give each device profile its own name")
     if out.exists() and not out.is_dir():
         raise EdgepruneError(f"--out '{out}' is a file", "choose a folder for the run")
+    check_writable(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test.{os.getpid()}.tmp"
@@ -557,7 +561,7 @@ def run_recipe(
         began = time.perf_counter()
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         try:
-            with atomic_dir(folder, overwrite=True) as tmp:
+            with atomic_dir(folder, overwrite=True) as tmp, reporting(progress.status):
                 p.outputs = step.run(ctx, p.config, tmp) or {}
                 p.seconds = round(time.perf_counter() - began, 2)
                 write_json(tmp / CONFIG_FILE, {"step": p.kind, "config": dataclasses.asdict(p.config)})

@@ -16,9 +16,9 @@ def resolve_device(name: str = "cpu") -> str:
         return "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise EdgepruneError("CUDA was requested but no CUDA GPU is available here", "use --device cpu")
+            raise EdgepruneError("CUDA was requested but no CUDA GPU is available here", "use --torch-device cpu")
         return name
-    raise EdgepruneError(f"unknown device '{name}'", "use --device cpu, cuda or auto")
+    raise EdgepruneError(f"unknown device '{name}'", "use --torch-device cpu, cuda or auto")
 
 
 def cpu_name() -> str:

@@ -58,7 +58,7 @@ def test_list_shows_registries():
         (["--sparsity", "2:0"], "0 < N < M"),
         (["--sparsity", "2:7"], "not divisible by M=7"),
         (["--samples", "100000"], "too short"),
-        (["--device", "cuda"], "CUDA"),
+        (["--torch-device", "cuda"], "CUDA"),
         (["--method", "obs"], "unknown pruning method"),
         (["--calib", "no-such-file.txt"], "not found"),
     ],
@@ -75,7 +75,7 @@ def test_prune_bad_input(tiny_llama_dir, tmp_path, args, needle):
 def test_missing_model(tmp_path):
     result = runner.invoke(app, ["prune", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
-    assert "not found" in error_line(result)
+    assert "does not exist" in error_line(result)
     no_leftovers(tmp_path)
 
 
@@ -193,3 +193,110 @@ def test_calibration_is_seeded_and_eval_split_is_disjoint(tiny_tokenizer):
     assert len(held) > 15_000 and len(calib) > 10 * len(held)
     held_paragraphs = {p for p in held.split("\n\n") if len(p) > 200}
     assert held_paragraphs and not any(p in calib for p in held_paragraphs)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if any model's weights (or, with ``skeleton=False``, even its architecture) get loaded."""
+    import edgeprune.models.loading as loading
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was reported")
+
+    monkeypatch.setattr(loading, "load_model", refuse)
+    return lambda: monkeypatch.setattr(loading, "model_skeleton", refuse)
+
+
+def _fail_fast_cases(tmp_path, model):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "short.txt").write_text("A sentence or two is far too little text to calibrate on.")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "runs").mkdir()
+    out = ["--out", str(tmp_path / "out")]
+    return {
+        "unwritable out": (["prune", model, "--out", "/proc/edgeprune-test/out", *SMALL], "cannot write to '/proc'", False),
+        "out under a file": (["prune", model, "--out", str(tmp_path / "a-file" / "sub"), *SMALL], "is a file, not a folder", False),
+        "zero samples": (["prune", model, *out, "--samples", "0"], "samples >= 1", False),
+        "missing calib": (["prune", model, *out, *SMALL, "--calib", str(tmp_path / "nope.txt")], "not found", False),
+        "short calib": (["prune", model, *out, *SMALL, "--calib", str(tmp_path / "short.txt")], "too short", False),
+        "empty calib": (["prune", model, *out, *SMALL, "--calib", str(tmp_path / "empty.txt")], "is empty", False),
+        "missing text": (["eval", model, "--text", str(tmp_path / "nope.txt")], "not found", False),
+        "local path that is not there": (["eval", str(tmp_path / "runs" / "x")], "does not exist", False),
+        "export out under a file": (["export", model, "--out", str(tmp_path / "a-file" / "sub")], "is a file", False),
+        "run out under a file": (["run", "smollm2-135m-dense-int4", "--out", str(tmp_path / "a-file" / "sub")], "is a file", False),
+        "threads": (["prune", model, *out, *SMALL, "--threads", "0"], "--threads 0", False),
+        "width 2:7 (needs the architecture only)": (["prune", model, *out, *SMALL, "--sparsity", "2:7"], "not divisible by M=7", True),
+    }
+
+
+@pytest.mark.parametrize("case", ["unwritable out", "out under a file", "zero samples", "missing calib", "short calib", "empty calib",
+                                  "missing text", "local path that is not there", "export out under a file", "run out under a file",
+                                  "threads", "width 2:7 (needs the architecture only)"])
+def test_bad_input_is_reported_before_the_model_loads(tiny_llama_dir, tmp_path, no_model_loads, case):
+    import time
+
+    args, needle, needs_architecture = _fail_fast_cases(tmp_path, str(tiny_llama_dir))[case]
+    if not needs_architecture:
+        no_model_loads()
+    start = time.perf_counter()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert needle in error_line(result)
+    assert time.perf_counter() - start < 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_spec_that_looks_like_a_path_is_never_sent_to_the_hub(tmp_path, monkeypatch):
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.specs import resolve_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    for spec in ("out/x", "./x", "/nonexistent/x", "x.gguf", "a/b/c", "~/no-such-model-folder"):
+        with pytest.raises(EdgepruneError, match="does not exist"):
+            resolve_spec(spec)
+    assert resolve_spec("HuggingFaceTB/SmolLM2-135M")[0] == "hub"  # org/name with no local folder 'HuggingFaceTB'
+    (tmp_path / "HuggingFaceTB").mkdir()
+    with pytest.raises(EdgepruneError, match="does not exist"):  # ... unless a local folder makes it read as a path
+        resolve_spec("HuggingFaceTB/SmolLM2-135M")
+
+
+def test_a_hub_id_offline_is_one_quiet_line(tmp_path, monkeypatch):
+    import time
+
+    from edgeprune.specs import hub_unreachable
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_unreachable.cache_clear()
+    try:
+        start = time.perf_counter()
+        result = runner.invoke(app, ["eval", "no-such-org/no-such-model"])
+    finally:
+        hub_unreachable.cache_clear()
+    assert result.exit_code == 2
+    assert "HF_HUB_OFFLINE" in error_line(result) and "not a local path" in error_line(result)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.perf_counter() - start < 5
+
+
+def test_version_and_help_text():
+    from edgeprune import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"edgeprune {__version__}"
+    helptext = runner.invoke(app, ["prune", "--help"], terminal_width=200).stdout
+    assert "N:M" in helptext and "Ⓜ" not in helptext  # rich would read ':M:' as an emoji code
+    assert "--torch-device" in helptext and "--threads" in helptext
+    for command in ("export", "eval", "quantize"):
+        assert "--threads" in runner.invoke(app, [command, "--help"], terminal_width=200).stdout
+
+
+def test_threads_option_sets_the_thread_count(tiny_llama_dir, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["eval", str(tiny_llama_dir), "--seqlen", "32", "--max-windows", "2", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.progress import status
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the checks here run before it loads
+    import torch
 
 Split = Literal["calib", "eval"]
 EMBEDDED = "pydoc"
@@ -30,6 +32,15 @@ class CalibConfig:
     samples: int = 32
     seqlen: int = 512
     seed: int = 0
+
+    def __post_init__(self):
+        if self.samples < 1 or self.seqlen < 2:
+            raise EdgepruneError(f"calibration needs samples >= 1 and seqlen >= 2 (got {self.samples} and {self.seqlen})",
+                                 "e.g. --samples 32 --seqlen 512")
+
+    @property
+    def tokens(self) -> int:
+        return self.samples * self.seqlen
 
 
 def pydoc_text(split: Split) -> str:
@@ -110,25 +121,41 @@ def load_text(source: str = EMBEDDED, split: Split = "calib") -> str:
         raise EdgepruneError(
             f"text source '{source}' not found", f"pass a .txt or .jsonl file, or one of: {EMBEDDED}, {', '.join(HF_DATASETS)}"
         )
-    return _file_text(path)
+    text = _file_text(path)
+    if not text.strip():
+        raise EdgepruneError(f"text file '{source}' is empty", "write text into it, or pass another file")
+    return text
+
+
+def check_text(source: str, split: Split, min_tokens: int, what: str = "--calib") -> None:
+    """Before any model loads: the text exists, reads, and is not certainly too short. A token covers at least one byte
+    of UTF-8 text, so fewer bytes than ``min_tokens`` can never give enough tokens. (Datasets are checked when read.)"""
+    if source in HF_DATASETS:
+        return
+    size = len(load_text(source, split).encode("utf-8"))
+    if size < min_tokens:
+        raise EdgepruneError(f"{what} text '{source}' has {size:,} bytes, too short for the {min_tokens:,} tokens asked for",
+                             f"pass a longer {what} file (at least {min_tokens:,} tokens of text)")
 
 
 def tokenize(tokenizer, text: str) -> torch.Tensor:
+    status(f"tokenising {len(text):,} characters of text")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False, verbose=False).input_ids[0]
     return ids
 
 
 def calibration_batch(tokenizer, config: CalibConfig) -> torch.Tensor:
     """``[samples, seqlen]`` token ids: non-overlapping windows of the calibration text, chosen by seed."""
-    if config.samples < 1 or config.seqlen < 2:
-        raise EdgepruneError("--samples must be >= 1 and --seqlen >= 2", "e.g. --samples 32 --seqlen 512")
+    import torch
+
     ids = tokenize(tokenizer, load_text(config.source, "calib"))
     windows = len(ids) // config.seqlen
     if windows < config.samples:
+        fix = (f"lower --samples to {windows} or fewer, or pass a longer --calib file" if windows else
+               f"pass a longer --calib file (at least {config.tokens:,} tokens), or lower --seqlen below {len(ids)}")
         raise EdgepruneError(
-            f"calibration text '{config.source}' has {len(ids)} tokens, too short for "
-            f"{config.samples} samples x {config.seqlen} tokens",
-            f"lower --samples or --seqlen (at most {windows} windows of {config.seqlen}), or pass a longer --calib file",
+            f"calibration text '{config.source}' has {len(ids):,} tokens, too short for "
+            f"{config.samples} samples x {config.seqlen} tokens", fix,
         )
     gen = torch.Generator().manual_seed(config.seed)
     offset = int(torch.randint(0, len(ids) - windows * config.seqlen + 1, (1,), generator=gen))
@@ -142,7 +169,9 @@ def eval_windows(tokenizer, text: str, seqlen: int, max_windows: int | None = No
     ids = tokenize(tokenizer, text)
     n = len(ids) // seqlen
     if n == 0:
-        raise EdgepruneError(f"evaluation text has {len(ids)} tokens, fewer than --seqlen {seqlen}", "pass a longer text or lower --seqlen")
+        raise EdgepruneError(f"evaluation text has {len(ids):,} tokens, fewer than one window of --seqlen {seqlen}",
+                             f"pass a longer --text (at least {seqlen} tokens), or lower --seqlen to {len(ids)} or less"
+                             if len(ids) >= 2 else "pass a longer --text")
     if max_windows:
         n = min(n, max_windows)
     return ids[: n * seqlen].reshape(n, seqlen)

@@ -119,8 +119,15 @@ def evaluate(
     An exported folder (model.onnx, no PyTorch weights), or any folder with ``onnx_file`` given, is
     evaluated through ONNX Runtime instead: see :mod:`edgeprune.onnx.evaluate`.
     """
+    from edgeprune.data import check_text
     from edgeprune.onnx.evaluate import is_onnx_dir
+    from edgeprune.specs import resolve_spec
 
+    if not (onnx_file is not None or is_onnx_dir(model)):
+        resolve_spec(model)
+    check_text(text, "eval", 1, "--text")  # the window count needs the tokenizer: checked after loading
+    if reference:
+        resolve_spec(reference)
     if onnx_file is not None or is_onnx_dir(model):
         from edgeprune.onnx.evaluate import evaluate_onnx
 

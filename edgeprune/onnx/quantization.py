@@ -104,6 +104,7 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     with torch.no_grad():
         hidden, context = adapter.embed(model, ids)
         for b, block in enumerate(blocks):
+            status("GPTQ int4 codes (blocks)", b, len(blocks))
             stages = adapter.stages(block)
             stats, hooks = [], []
             for stage in stages:
@@ -129,6 +130,7 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
                     linear.weight.data = new
                     out.layers[f"{prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
             hidden = adapter.run_block(block, hidden, context)
+    status("GPTQ int4 codes (blocks)", len(blocks), len(blocks))
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = head is not None and getattr(model.config, "tie_word_embeddings", False)
     if config.head and config.head_bits == 4 and tied and head.weight.shape[1] % config.block_size == 0:

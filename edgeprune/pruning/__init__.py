@@ -15,7 +15,7 @@ from typing import Any, Callable
 from edgeprune.data import CalibConfig, calibration_batch
 from edgeprune.errors import EdgepruneError
 from edgeprune.pruning import attention, magnitude, sparsegpt, wanda  # noqa: F401  (register methods)
-from edgeprune.pruning.engine import Pruner, PruneReport, prune_model
+from edgeprune.pruning.engine import Pruner, PruneReport, prune_model, resolve_specs
 from edgeprune.pruning.registry import PRUNERS
 from edgeprune.sparsity import parse_sparsity
 
@@ -64,6 +64,27 @@ def _copy_extra_files(src: Path | None, dst: Path) -> None:
             shutil.copy2(item, target)
 
 
+def check_prune(model: str, out: str | Path, config: PruneConfig, overwrite: bool):
+    """Every check a prune can make before the weights load: the settings, --out, the calibration text, then the
+    architecture and every layer's width against the pattern on a weightless skeleton. Returns (spec, pruner, device)."""
+    from edgeprune.data import check_text
+    from edgeprune.io import check_out_dir
+    from edgeprune.models.loading import model_skeleton
+    from edgeprune.runtime import resolve_device
+    from edgeprune.specs import resolve_spec
+
+    spec = parse_sparsity(config.sparsity)
+    pruner = make_pruner(config.method, config.options)
+    device = resolve_device(config.device)
+    resolve_spec(model)
+    check_out_dir(out, overwrite)
+    check_text(config.calib.source, "calib", config.calib.tokens)
+    skeleton = model_skeleton(model)
+    if skeleton is not None:
+        resolve_specs(skeleton[1], skeleton[0], spec, config.overrides)
+    return spec, pruner, device
+
+
 def prune(
     model: str,
     out: str | Path,
@@ -72,14 +93,9 @@ def prune(
     progress: Callable[[int, int], None] | None = None,
 ) -> PruneReport:
     """Prune ``model`` (folder, .gguf, Hub id or bundled alias) and write a Hugging Face folder to ``out``."""
-    from edgeprune.io import check_out_dir
     from edgeprune.models.loading import load_model
-    from edgeprune.runtime import resolve_device
 
-    spec = parse_sparsity(config.sparsity)
-    pruner = make_pruner(config.method, config.options)
-    device = resolve_device(config.device)
-    check_out_dir(out, overwrite)
+    spec, pruner, device = check_prune(model, out, config, overwrite)
     loaded = load_model(model, device=device)
     calib_ids = calibration_batch(loaded.tokenizer, config.calib)
     report = prune_model(
@@ -95,6 +111,9 @@ def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: s
     from edgeprune import __version__
     from edgeprune.io import atomic_dir, write_json
 
+    from edgeprune.progress import status
+
+    status(f"writing {out}")
     with atomic_dir(out, overwrite) as tmp:
         loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
