@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # pytest's exit code 5 ("no tests ran") must not pass.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q; s=$$?; if [ $$s -eq 5 ]; then echo "no tests ran: failing" >&2; exit 1; fi; exit $$s
+	$(BIN)/python -m pytest -q -rs; s=$$?; if [ $$s -eq 5 ]; then echo "no tests ran: failing" >&2; exit 1; fi; exit $$s
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
