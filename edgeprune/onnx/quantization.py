@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from edgeprune.onnx import QuantizeConfig
+from edgeprune.progress import status
 from edgeprune.sparsity import is_nm, parse_sparsity
 
 

@@ -56,15 +56,14 @@ def convert_nm(
     """Re-fit ``model_dir`` to the N:M pattern ``nm.pattern``; returns the quality comparison."""
     config = nm.prune_config()
     compare_projection, eval_text, eval_max_windows = nm.compare, nm.eval_text, nm.eval_max_windows
+    from edgeprune.data import check_text
     from edgeprune.evaluation import perplexity
-    from edgeprune.io import check_out_dir
     from edgeprune.models.loading import load_model
-    from edgeprune.runtime import resolve_device
+    from edgeprune.pruning import check_prune
 
-    spec = parse_sparsity(config.sparsity)
-    pruner = make_pruner(config.method, config.options)
-    device = resolve_device(config.device)
-    check_out_dir(out, overwrite)
+    spec, pruner, device = check_prune(model_dir, out, config, overwrite)
+    if compare_projection:
+        check_text(eval_text, "eval", 1, "eval text")
     loaded = load_model(model_dir, device=device)
     calib_ids = calibration_batch(loaded.tokenizer, config.calib)
     windows = eval_windows(loaded.tokenizer, load_text(eval_text, "eval"), 512, eval_max_windows) if loaded.is_decoder else None

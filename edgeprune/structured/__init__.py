@@ -215,9 +215,14 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
     from edgeprune.models.loading import load_model
     from edgeprune.runtime import resolve_device
 
+    from edgeprune.data import check_text
+    from edgeprune.specs import resolve_spec
+
     start = time.perf_counter()
     device = resolve_device(config.device)
+    resolve_spec(model)
     check_out_dir(out, overwrite)
+    check_text(config.calib.source, "calib", config.calib.tokens)
     if config.latency_device:
         from edgeprune.profiling.devices import load_device
 
