@@ -330,7 +330,7 @@ def test_cli_export_encoder(tiny_bert_dir, tmp_path):
 @pytest.mark.parametrize(
     "case, expected",
     [
-        ("missing", "not found"),
+        ("missing", "does not exist"),
         ("not_a_model", "is not a model (no config.json)"),
         ("unsupported", "unsupported architecture 'gpt2'"),
         ("pooling_on_decoder", "--pooling is for sentence encoders"),

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from edgeprune.data import EMBEDDED, eval_windows, load_text, tokenize
 from edgeprune.errors import EdgepruneError
+from edgeprune.progress import status
 from edgeprune.pruning.attention_math import attention_error, attention_probs
 
 SCHEMA_VERSION = 1
@@ -22,7 +23,8 @@ def perplexity(model, windows: torch.Tensor, batch_size: int = 4) -> float:
     """exp(mean next-token NLL) over all positions of all windows."""
     nll, count = 0.0, 0
     device = next(model.parameters()).device
-    for batch in windows.split(batch_size):
+    for i, batch in enumerate(windows.split(batch_size)):
+        status("perplexity (windows)", i * batch_size, len(windows))
         batch = batch.to(device)
         logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
         nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"))

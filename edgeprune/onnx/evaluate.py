@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.progress import status
 from edgeprune.onnx import METADATA_FILE, ONNX_FILE
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -82,7 +83,8 @@ def onnx_perplexity(sess, windows: torch.Tensor) -> float:
 
     decoder = OrtDecoder(sess)
     nll, count = 0.0, 0
-    for window in windows:
+    for i, window in enumerate(windows):
+        status("perplexity through ONNX Runtime (windows)", i, len(windows))
         ids = window.numpy()[None].astype(np.int64)
         logits, _, _ = decoder.step(ids, np.ones_like(ids), decoder.empty_past(1))
         logits = torch.from_numpy(logits[0, :-1]).float()
