@@ -42,6 +42,7 @@ from typing import Any, Callable, Protocol, Sequence
 from edgeprune.errors import EdgepruneError
 from edgeprune.progress import reporting
 from edgeprune.registry import Registry
+from edgeprune.shipped import shipped_dir
 from edgeprune.tomlconf import build, line_of, parse_set, set_path, unwrap_optional
 
 SCHEMA_VERSION = 1
@@ -215,8 +216,8 @@ class Recipe:
 
 
 def recipes_dir() -> Path:
-    """The export/ folder of recipes shipped next to the package (a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "export"
+    """The shipped recipes: export/ of the checkout, or its copy inside an installed wheel."""
+    return shipped_dir("export")
 
 
 def find_recipe(spec: str | Path) -> Path:

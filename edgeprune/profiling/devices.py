@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.shipped import shipped_dir
 from edgeprune.tomlconf import build
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -106,5 +107,5 @@ def load_device(path: str | Path) -> DeviceProfile:
 
 
 def devices_dir() -> Path:
-    """The devices/ folder shipped next to the package (a source checkout)."""
-    return Path(__file__).resolve().parents[2] / "devices"
+    """The shipped device profiles: devices/ of the checkout, or its copy inside an installed wheel."""
+    return shipped_dir("devices")
