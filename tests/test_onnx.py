@@ -78,8 +78,8 @@ def test_decoder_exports_one_merged_graph_with_identical_greedy_tokens(fuse, tin
     sess = session(out / "model.onnx")
     inputs = [i.name for i in sess.get_inputs()]
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
-    if fuse:  # one GroupQueryAttention per layer; positions come from the attention mask
-        assert inputs[:2] == ["input_ids", "attention_mask"] and "position_ids" not in inputs
+    if fuse:  # one GroupQueryAttention per layer, with the same inputs as optimum's graph
+        assert inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
         assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops
         assert report.fused.attention == "GroupQueryAttention" and report.fused.nodes_after < report.fused.nodes_before / 3
     else:
@@ -104,9 +104,10 @@ def test_decoder_exports_one_merged_graph_with_identical_greedy_tokens(fuse, tin
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
 
 
-def test_fused_attention_matches_pytorch_on_right_padded_batches_and_biased_projections(tiny_tokenizer, tmp_path):
-    """The fused graph's contract: rows right-padded (positions follow the mask) give PyTorch's logits on every
-    real token; q/k/v projections with a bias (Qwen2) fuse too, and the heads per layer come from the weights."""
+def test_fused_attention_matches_pytorch_on_padded_batches_and_biased_projections(tiny_tokenizer, tmp_path):
+    """Rows padded on the left (as generate() pads) or on the right give PyTorch's logits on every real token, in the
+    prompt and in the decode steps after it; q/k/v projections with a bias (Qwen2) fuse too, and the heads per layer
+    come from the weights."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
@@ -122,15 +123,71 @@ def test_fused_attention_matches_pytorch_on_right_padded_batches_and_biased_proj
     report = export(str(src), tmp_path / "onnx")
     assert report.fused.attention == "GroupQueryAttention" and report.verify.tokens_identical
 
-    decoder = OrtDecoder(session(tmp_path / "onnx" / "model.onnx"))
+    sess = session(tmp_path / "onnx" / "model.onnx")
+    names = [i.name for i in sess.get_inputs()]
+    layers = sum(n.startswith("past_key_values.") and n.endswith(".key") for n in names)
     ids = torch.randint(4, len(tiny_tokenizer), (2, 12))
-    mask = torch.ones_like(ids)
-    mask[1, 7:] = 0  # second row: 7 real tokens, then padding on the right
-    logits, past, _ = decoder.step(ids.numpy(), mask.numpy(), decoder.empty_past(2))
-    with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask).logits.numpy()
-    assert np.abs(logits[0] - ref[0]).max() < 1e-4
-    assert np.abs(logits[1, :7] - ref[1, :7]).max() < 1e-4
+    for side in ("right", "left"):
+        mask = torch.ones_like(ids)
+        if side == "right":
+            mask[1, 7:] = 0  # second row: 7 real tokens, then padding
+        else:
+            mask[1, :9] = 0  # second row: padding, then 3 real tokens
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as transformers and optimum compute them
+        kv = np.zeros((2, model.config.num_key_value_heads, 0, 16), np.float32)
+        feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+        feeds |= {f"past_key_values.{i}.{w}": kv for i in range(layers) for w in ("key", "value")}
+        out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+        with torch.no_grad():
+            ref = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        real = mask.bool()
+        assert np.abs(out["logits"][real.numpy()] - ref.logits[real].numpy()).max() < 1e-4, side
+        # decode steps on top of the padded prompt, each fed the cache the graph returned, as a generate() loop does
+        past = ref.past_key_values
+        for _ in range(3):
+            step = torch.randint(4, len(tiny_tokenizer), (2, 1))
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+            positions = mask.sum(-1, keepdim=True) - 1
+            feeds = {"input_ids": step.numpy(), "attention_mask": mask.numpy(), "position_ids": positions.numpy()}
+            feeds |= {f"past_key_values.{i}.{w}": out[f"present.{i}.{w}"] for i in range(layers) for w in ("key", "value")}
+            out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+            with torch.no_grad():
+                ref = model(input_ids=step, attention_mask=mask, past_key_values=past, position_ids=positions, use_cache=True)
+            past = ref.past_key_values
+            assert np.abs(out["logits"] - ref.logits.numpy()).max() < 1e-4, side
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_optimum_ortmodel_batched_left_padded_generation_matches_unbatched(fuse, tiny_llama_lively_dir, tmp_path, recwarn):
+    """What an app does with the folder: optimum's ORTModelForCausalLM loads it (without its 'legacy model' warning about
+    a missing position_ids input) and generates for a left-padded batch; every row equals that prompt generated alone."""
+    import logging
+
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "onnx"
+    export(str(tiny_llama_lively_dir), out, ExportConfig(fuse=fuse, verify=False))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("optimum").addHandler(handler)
+    try:
+        model = ORTModelForCausalLM.from_pretrained(out)
+    finally:
+        logging.getLogger("optimum").removeHandler(handler)
+    said = [str(w.message) for w in recwarn] + [r.getMessage() for r in records]
+    assert not [m for m in said if "legacy" in m.lower() or "position_ids" in m], said
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.padding_side = "left"
+    prompts = ["The quick brown fox jumps over the lazy dog and then", "Hello", "Return the value of"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
+    assert batch.attention_mask[1].sum() < batch.attention_mask.shape[1] / 2  # a row with more padding than text
+    generated = model.generate(**batch, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    for row, prompt in enumerate(prompts):
+        alone = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
+        single = model.generate(**alone, max_new_tokens=10, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert generated[row, batch.input_ids.shape[1]:].tolist() == single[0, alone.input_ids.shape[1]:].tolist(), prompt
 
 
 def test_pruned_decoder_keeps_zeros_and_2of4_along_input_dim(pruned_llama_dir, pruned_llama_onnx):

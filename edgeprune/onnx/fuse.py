@@ -8,9 +8,11 @@ pass replaces each block's attention core, from the q/k/v projections to the o_p
 then drops what no output needs. The q/k/v/o ``MatMul`` nodes and their weights are left exactly as
 they were, so the sparsity checks and the quantiser see the same linears.
 
-Contract of the fused graph (checked by export's verification against PyTorch): positions follow
-the attention mask, so batch rows must be unpadded or right-padded, and ``position_ids`` is no longer
-an input. ``past_key_values.*`` / ``present.*`` keep optimum's names and shapes.
+Padding: the kernel is told that every row holds the whole sequence (``seqlens_k`` = total length - 1) and
+an additive ``attention_bias`` built from ``attention_mask`` hides the padded keys, while ``position_ids`` (kept
+as an input, as optimum's graph has it) places each token for RoPE. So left-padded batches, as optimum's
+``ORTModelForCausalLM`` and ONNX Runtime GenAI feed them, give the same logits on every real token as PyTorch,
+and so do right-padded and unpadded ones. ``past_key_values.*`` / ``present.*`` keep optimum's names and shapes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from edgeprune.errors import EdgepruneError
 
 ATTENTION_OP = "GroupQueryAttention"
+ROTARY_OP = "RotaryEmbedding"
 _PROJ = re.compile(r"^/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
 _P = "/edgeprune_attention/"
 
@@ -127,15 +130,40 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
     def constant(name, value):  # a Constant node, not an initialiser: stays inline even when weights go external
         return helper.make_node("Constant", [], [_P + name], value=numpy_helper.from_array(value, _P + name), name=_P + name)
 
+    if "input_ids" not in inputs or "attention_mask" not in inputs:
+        return _skip("the graph has no input_ids / attention_mask inputs", before)
+    float_type = inputs["past_key_values.0.key"].type.tensor_type.elem_type
+    lowest = np.finfo(helper.tensor_dtype_to_np_dtype(float_type)).min
+
+    def node(op, inputs_, name, **attrs):
+        return helper.make_node(op, [i if i in ("attention_mask", "input_ids") else _P + i for i in inputs_], [_P + name],
+                                name=_P + name, **attrs)
+
     new_nodes = [
-        constant("axis1", np.array([1], np.int64)), constant("one", np.array(1, np.int64)), constant("index1", np.array(1, np.int64)),
-        helper.make_node("ReduceSum", ["attention_mask", _P + "axis1"], [_P + "lengths"], keepdims=0, name=_P + "lengths"),
-        helper.make_node("Sub", [_P + "lengths", _P + "one"], [_P + "last"], name=_P + "last"),
-        helper.make_node("Cast", [_P + "last"], [_P + "seqlens_k"], to=TensorProto.INT32, name=_P + "seqlens_k"),
-        helper.make_node("Shape", ["attention_mask"], [_P + "mask_shape"], name=_P + "mask_shape"),
-        helper.make_node("Gather", [_P + "mask_shape", _P + "index1"], [_P + "total"], axis=0, name=_P + "total"),
-        helper.make_node("Cast", [_P + "total"], [_P + "total_len"], to=TensorProto.INT32, name=_P + "total_len"),
+        constant("axes12", np.array([1, 2], np.int64)), constant("one", np.array(1, np.int64)),
+        constant("index0", np.array([0], np.int64)), constant("index1", np.array([1], np.int64)),
+        constant("zero_bias", np.array(0, helper.tensor_dtype_to_np_dtype(float_type))),
+        constant("masked_bias", np.array(lowest, helper.tensor_dtype_to_np_dtype(float_type))),
+        # total length T = attention_mask.shape[1]; every row counts as holding all T positions (padding is the bias's job)
+        node("Shape", ["attention_mask"], "mask_shape"),
+        node("Gather", ["mask_shape", "index1"], "total_1d", axis=0),
+        node("Gather", ["mask_shape", "index0"], "batch_1d", axis=0),
+        node("Squeeze", ["total_1d"], "total"),
+        node("Cast", ["total"], "total_len", to=TensorProto.INT32),
+        node("Sub", ["total", "one"], "last"),
+        node("Cast", ["last"], "last_i32", to=TensorProto.INT32),
+        node("Expand", ["last_i32", "batch_1d"], "seqlens_k"),
+        # additive bias [batch, 1, new tokens, T]: 0 on real keys, the lowest float on padded ones
+        node("Cast", ["attention_mask"], "keep", to=TensorProto.BOOL),
+        node("Where", ["keep", "zero_bias", "masked_bias"], "bias_2d"),
+        node("Unsqueeze", ["bias_2d", "axes12"], "bias_4d"),
+        node("Shape", ["input_ids"], "ids_shape"),
+        node("Gather", ["ids_shape", "index1"], "new_1d", axis=0),
+        node("Concat", ["batch_1d", "index1", "new_1d", "total_1d"], "bias_shape", axis=0),
+        node("Expand", ["bias_4d", "bias_shape"], "attention_bias"),
     ]
+    if "position_ids" not in inputs:
+        return _skip("the graph has no position_ids input", before)
     new_inits = [
         numpy_helper.from_array(np.ascontiguousarray(cos), _P + "cos_cache"),
         numpy_helper.from_array(np.ascontiguousarray(sin), _P + "sin_cache"),
@@ -145,13 +173,20 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
         p = proj[i]
         q_heads, kv_heads = widths[i][0] // head_dim, widths[i][1] // head_dim
         attn_out = f"/model/layers.{i}/self_attn/{ATTENTION_OP}_output_0"
+        rotated = {}
+        for which, heads in (("q", q_heads), ("k", kv_heads)):  # RoPE at the given positions, so the cache holds what PyTorch's does
+            rotated[which] = f"/model/layers.{i}/self_attn/{which}_rotary/{ROTARY_OP}_output_0"
+            new_nodes.append(helper.make_node(
+                ROTARY_OP, [projected(p[which]), "position_ids", _P + "cos_cache", _P + "sin_cache"], [rotated[which]],
+                name=f"/model/layers.{i}/self_attn/{which}_rotary/{ROTARY_OP}", domain="com.microsoft", num_heads=heads,
+                interleaved=0))
         new_nodes.append(helper.make_node(
             ATTENTION_OP,
-            [projected(p["q"]), projected(p["k"]), projected(p["v"]), f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-             _P + "seqlens_k", _P + "total_len", _P + "cos_cache", _P + "sin_cache"],
+            [rotated["q"], rotated["k"], projected(p["v"]), f"past_key_values.{i}.key", f"past_key_values.{i}.value",
+             _P + "seqlens_k", _P + "total_len", "", "", "", _P + "attention_bias"],
             [attn_out, f"present.{i}.key", f"present.{i}.value"],
             name=f"/model/layers.{i}/self_attn/{ATTENTION_OP}", domain="com.microsoft",
-            num_heads=q_heads, kv_num_heads=kv_heads, scale=float(head_dim) ** -0.5, do_rotary=1, rotary_interleaved=0,
+            num_heads=q_heads, kv_num_heads=kv_heads, scale=float(head_dim) ** -0.5, do_rotary=0,
         ))
         p["o"].input[0] = attn_out
         attn_info.append(helper.make_tensor_value_info(  # typed, so onnx shape inference (the int8 quantiser) can see through it
@@ -162,7 +197,7 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
     del graph.node[:]
     graph.node.extend(kept)
     graph.initializer.extend(new_inits)
-    # ONNX Runtime's own graph helper: drop what no output needs (nodes, initialisers, position_ids), then re-order
+    # ONNX Runtime's own graph helper: drop what no output needs (nodes, initialisers), then re-order
     tidy = OnnxModel(graph_model)
     tidy.prune_graph()
     tidy.topological_sort()
