@@ -32,7 +32,7 @@ def check_writable(out: str | os.PathLike) -> None:
     if not parent.is_dir():
         raise EdgepruneError(f"cannot create '{out}': '{parent}' is a file, not a folder", "choose an --out inside a folder")
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=".edgeprune-write-test.", dir=parent))
+        os.rmdir(tempfile.mkdtemp(prefix=".edgeprune-write-test.", suffix=".tmp", dir=parent))  # .tmp: run cleans it
     except OSError as exc:
         raise EdgepruneError(f"cannot write to '{parent}': {exc.strerror}", "choose a writable --out with free space") from None
 

@@ -22,7 +22,9 @@ A recipe file::
     [report]
 
 Steps run in the order their tables appear. Unless ``baseline = false``, the dense source model is
-exported and evaluated too (``dense-export``, ``dense-eval``) so profile and report compare against it.
+exported and evaluated too (``dense-export``, ``dense-eval``) so profile and report compare against it; when the
+recipe prunes and quantises, the dense export is also quantised the same way and evaluated (``dense-int4-quantize``,
+``dense-int4-eval``), so the report can say what pruning bought against the unpruned model at the same precision.
 """
 
 from __future__ import annotations
@@ -338,8 +340,8 @@ class PlannedStep:
     outputs: dict = field(default_factory=dict)
 
     @property
-    def folder(self) -> str:
-        return f"{self.index:02d}-{'dense-' if self.branch == 'dense' else ''}{self.kind}"
+    def folder(self) -> str:  # 01-dense-export, 03-prune, 07-dense-int4-quantize
+        return f"{self.index:02d}-{'' if self.branch in ('variant', 'run') else self.branch + '-'}{self.kind}"
 
 
 @dataclass
@@ -385,14 +387,30 @@ def _label(recipe: Recipe) -> str:
             parts.append(f"{c.method} {c.sparsity}")
         elif s.kind == "nm":
             parts.append(f"{c.method} {c.pattern}")
+        elif s.kind == "structured":
+            targets = ([f"{c.target_params:.0%} params"] if c.target_params is not None else []) \
+                + ([f"≤{c.target_latency_ms:g} ms"] if c.target_latency_ms is not None else []) \
+                + ([f"{c.target_speedup:g}× faster"] if c.target_speedup is not None else [])
+            parts.append("structured " + ", ".join(targets))
         elif s.kind == "quantize":
             parts.append(c.scheme)
     return " + ".join(parts) or "dense"
 
 
+def _prunes(recipe: Recipe) -> bool:
+    """Whether the recipe changes the model other than by quantising it (prune, nm, structured)."""
+    return any(STEPS.get(s.kind).changes_model and s.kind != "quantize" for s in recipe.steps)
+
+
 class _Run:
-    def __init__(self, recipe: Recipe, out: Path, devices: list, progress: RunProgress):
+    def __init__(self, recipe: Recipe, out: Path, devices: list, progress: RunProgress, device_specs: Sequence[str] = ()):
         self.recipe, self.out, self.devices, self.progress = recipe, out, devices, progress
+        self.device_specs = [str(Path(d).absolute()) if Path(d).is_file() else str(d) for d in device_specs]
+        quantize = [s for s in recipe.steps if s.kind == "quantize"]
+        # A pruned and quantised variant is also compared with the dense model quantised the same way: what a user
+        # would ship instead, so the report can say what pruning itself bought at that precision.
+        self.dense_quantized = "dense-" + "-".join(s.config.scheme for s in quantize) \
+            if quantize and recipe.header.baseline and _prunes(recipe) else None
         self.plan = self._plan()
 
     def _plan(self) -> list[PlannedStep]:
@@ -412,6 +430,10 @@ class _Run:
                 plan.append(PlannedStep(0, "eval", evaluation.config, "dense", ""))
         for s in variant:
             plan.append(PlannedStep(0, s.kind, s.config, "variant", ""))
+        if self.dense_quantized:  # after the variant's steps, so theirs keep the folder numbers they had
+            plan += [PlannedStep(0, "quantize", s.config, self.dense_quantized, "") for s in variant if s.kind == "quantize"]
+            if r.step("eval"):
+                plan.append(PlannedStep(0, "eval", r.step("eval").config, self.dense_quantized, ""))
         for s in closing:
             plan.append(PlannedStep(0, s.kind, s.config, "run", ""))
         current = {"dense": "source", "variant": "source"}
@@ -419,12 +441,12 @@ class _Run:
         steps: list[PlannedStep] = []
         for p in plan:
             branch = "variant" if p.branch == "run" else p.branch
-            p.input = current[branch]
+            p.input = current.setdefault(branch, current["dense"])  # the dense-quantized branch starts from the dense export
             inputs = [keys[p.input]]
             if p.kind in ("profile", "report"):
                 inputs += [keys[s.folder] for s in steps] + [d.to_dict() for d in self.devices]
-            if p.kind == "report":
-                inputs += [r.text, list(r.sets)]
+            if p.kind == "report":  # the report also quotes the command that reproduces it
+                inputs += [r.text, list(r.sets), str(self.out), self.device_specs]
             p.key = _digest({"kind": p.kind, "config": dataclasses.asdict(p.config), "inputs": inputs, "edgeprune": __version__})
             same = next((s for s in steps if s.key == p.key), None)
             if same is not None:  # e.g. the variant's export of an unpruned model is the dense export: do it once
@@ -441,17 +463,36 @@ class _Run:
     def model_path(self, folder: str) -> Path | str:
         return self.recipe.header.model if folder == "source" else self.out / folder
 
-    def profile_targets(self) -> tuple[list[Path], list[str]]:
-        """The ONNX models to compare: the dense export first (the baseline), then the variant."""
-        models, names = [], []
+    def _targets(self) -> list[tuple[str, str, Path]]:
+        """(branch, name, model folder) of each model to compare: the dense export first (the baseline), then the dense
+        model quantised like the variant (when there is one), then the variant."""
+        out = []
         dense = self.current.get("dense")
         if dense and dense != "source":
-            models.append(self.out / dense)
-            names.append("dense")
-        variant = self.current["variant"]
-        models.append(self.out / variant)
-        names.append(_label(self.recipe))
-        return models, names
+            out.append(("dense", "dense", self.out / dense))
+        if self.dense_quantized and self.dense_quantized in self.current:
+            schemes = " + ".join(s.config.scheme for s in self.recipe.steps if s.kind == "quantize")
+            out.append((self.dense_quantized, f"dense {schemes}", self.out / self.current[self.dense_quantized]))
+        out.append(("variant", _label(self.recipe), self.out / self.current["variant"]))
+        return out
+
+    def profile_targets(self) -> tuple[list[Path], list[str]]:
+        """The ONNX models to compare and their names, in :meth:`_targets`' order."""
+        targets = self._targets()
+        return [model for _, _, model in targets], [name for _, name, _ in targets]
+
+    def same_precision(self) -> dict | None:
+        """Which variant is the unpruned model at the pruned variant's precision: the dense-quantized one, or the dense
+        export itself when nothing is quantised. None when the recipe does not prune or has no baseline."""
+        targets = {branch: name for branch, name, _ in self._targets()}
+        if not _prunes(self.recipe) or "dense" not in targets:
+            return None
+        if self.dense_quantized:
+            baseline = targets.get(self.dense_quantized)
+            return {"baseline": baseline, "variant": targets["variant"]} if baseline else None
+        if any(s.kind == "quantize" for s in self.recipe.steps):
+            return None  # quantised without a same-precision baseline (baseline = false)
+        return {"baseline": targets["dense"], "variant": targets["variant"]}
 
     def summary(self) -> dict:
         """Everything the report needs: the recipe, each variant's quality and files, and the profile reports."""
@@ -461,13 +502,13 @@ class _Run:
         from edgeprune.runtime import cpu_name
 
         variants = {}
-        models, names = self.profile_targets()
-        for model, name in zip(models, names):
-            branch = "dense" if name == "dense" else "variant"
+        for branch, name, model in self._targets():
             evals = [p for p in self.plan if p.kind == "eval" and p.branch == branch]
             quality = json.loads((self.out / evals[0].folder / EVAL_FILE).read_text()) if evals else {}
             size = sum(f.stat().st_size for f in Path(model).glob("model.onnx*")) if Path(model).is_dir() else None
-            variants[name] = {"model": str(Path(model).relative_to(self.out)), "quality": quality, "onnx_bytes": size}
+            role = "dense-quantized" if branch == self.dense_quantized else branch
+            variants[name] = {"model": str(Path(model).relative_to(self.out)), "role": role, "quality": quality,
+                              "onnx_bytes": size}
         profiles = {}
         for p in self.plan:
             if p.kind == "profile":
@@ -480,7 +521,10 @@ class _Run:
             "recipe": {"name": self.recipe.name, "path": str(self.recipe.path), "text": self.recipe.text, "sets": list(self.recipe.sets),
                        "description": self.recipe.header.description, "model": self.recipe.header.model},
             "variants": variants,
+            "same_precision": self.same_precision(),
             "profiles": profiles,
+            "out": str(self.out),
+            "devices": self.device_specs,
             "steps": [{"folder": p.folder, "kind": p.kind, "seconds": p.seconds, "cached": p.cached} for p in self.plan],
             "versions": package_versions(),
             "host": {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_name(),
@@ -544,7 +588,7 @@ def run_recipe(
         probe.unlink()
     except OSError as exc:
         raise EdgepruneError(f"cannot write to '{out}': {exc.strerror}", "choose a writable --out with free space") from None
-    run = _Run(recipe, out, loaded_devices, progress)
+    run = _Run(recipe, out, loaded_devices, progress, device_specs if needs_devices else ())
     _clean_leftovers(out, run.plan)
     start = time.perf_counter()
     total = len(run.plan)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from edgeprune.profiling import Workload, load_device, profile  # noqa: E402
 from edgeprune.profiling.devices import DeviceProfile, devices_dir  # noqa: E402
 from edgeprune.profiling.ops import summarize_trace  # noqa: E402
 from edgeprune.profiling.results import Latency, Report  # noqa: E402
+from edgeprune.report import tables  # noqa: E402
 
 runner = CliRunner()
 TINY = Workload(prompt_lengths=(16, 24), decode_tokens=4, batch_sizes=(1, 2), seq_lengths=(16,))
@@ -232,7 +235,52 @@ def test_quality_from_edgeprune_json_and_quality_plot(tmp_path, tiny_onnx):
     report = profile([tiny_onnx[1], src], FAST, out=tmp_path / "r", workload=Workload(seq_lengths=(8,), op_profile=False))
     assert report.variants[1].quality["overall_sparsity"] == 0.5 and report.variants[1].quality["method"] == "wanda"
     assert quality_tradeoff(report).startswith(b"\x89PNG")
-    assert "overall_sparsity" in (tmp_path / "r" / "report.md").read_text()
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| overall sparsity |" in md and "| 50.0% |" in md and "overall_sparsity" not in md
+
+
+def test_op_rows_add_up_to_the_whole_run_with_other_and_outside_kernels(report_dir):
+    report, _ = report_dir
+    for v in report.variants:
+        run = v.runs[0]
+        assert len(run.op_profile.ops) > 2
+        _, rows = tables.op_rows(run, top=2)
+        assert [r[0] for r in rows[:2]] == [o.op_type for o in run.op_profile.ops[:2]]
+        assert rows[2][0] == f"other ({len(run.op_profile.ops) - 2} op types)"
+        assert float(rows[2][4]) == pytest.approx(sum(o.percent for o in run.op_profile.ops[2:]), abs=0.06)
+        outside = 100 * (run.op_profile.run_ms - run.op_profile.kernel_ms) / run.op_profile.run_ms
+        assert rows[-1][0] == "outside kernels (ORT overhead)" and float(rows[-1][4]) == pytest.approx(outside, abs=0.06)
+        assert sum(float(r[4]) for r in rows) == pytest.approx(100, abs=0.3)
+
+
+def test_report_tables_have_titles_in_words(report_dir):
+    report = Report.from_dict(report_dir[0].to_dict())
+    report.variants[1].quality = {"method": "wanda", "sparsity": "2:4", "overall_sparsity": 0.5, "perplexity": 11.1,
+                                  "embedding_cosine_mean": 0.99, "embedding_cosine_min": 0.9, "greedy_tokens_identical": "8/32",
+                                  "max_abs_diff_vs_torch": 11.8, "some_new_figure": 1.0}
+    v, run = report.variants[0], report.variants[0].runs[0]
+    for headers, _ in (tables.comparison(report), tables.quality_rows(report), tables.memory_rows(report),
+                       tables.run_details(v, run), tables.op_rows(run), tables.node_rows(run)):
+        assert headers and not [h for h in headers if re.search(r"[a-z]_[a-z]", h)], headers  # no raw field names
+
+
+def test_quantised_divergence_from_pytorch_is_explained(report_dir):
+    from edgeprune.report import to_html, to_markdown
+
+    report = Report.from_dict(report_dir[0].to_dict())
+    assert tables.divergence_note(report) is None  # fp32 graphs: nothing to explain
+    quantised = report.variants[0]
+    quantised.quantization = "int4"
+    quantised.quality = {"greedy_tokens_identical": "8/32", "max_abs_diff_vs_torch": 11.8, "perplexity": 11.1}
+    headers, rows = tables.quality_rows(report)
+    assert headers[:2] == ["variant", "quantisation"]
+    row = dict(zip(headers, rows[0]))
+    assert row["greedy tokens same as PyTorch"] == "8/32" and row["max abs diff vs PyTorch"] == "11.8"
+    assert row["quantisation"] == "int4"
+    note = tables.divergence_note(report)
+    assert note.startswith(f"{quantised.name}: a quantised graph is expected to differ") and "Perplexity" in note
+    assert f"Note: {note}" in to_markdown(report)
+    assert escape(note) in to_html(report)
 
 
 # --- device profiles --------------------------------------------------------------------------

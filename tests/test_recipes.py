@@ -19,7 +19,9 @@ from typer.testing import CliRunner
 from conftest import error_line, terminal_sigint
 from edgeprune.cli import app
 from edgeprune.errors import EdgepruneError
-from edgeprune.recipes import load_recipe, recipes_dir, run_recipe
+from edgeprune.recipes import _label, load_recipe, recipes_dir, run_recipe
+from edgeprune.report.run import reproduce_command, same_precision_sentence, speedup_note, summary_by_metric, summary_table
+from edgeprune.report.tables import fmt
 
 runner = CliRunner()
 RECIPES = sorted(recipes_dir().glob("*.toml"))
@@ -71,7 +73,10 @@ def test_every_recipe_runs_on_a_tiny_model(recipe, tiny_llama_dir, tiny_bert_dir
         assert json.loads((out / step.folder / "step.json").read_text())["step"] == step.kind
     assert any(s.folder.endswith("dense-export") for s in result.steps)
     summary = json.loads((out / "run.json").read_text())
-    assert list(summary["variants"]) [0] == "dense" and len(summary["variants"]) == 2
+    prunes = bool({"prune", "nm", "structured"} & set(kinds))
+    # a pruned and quantised variant is also compared with the dense model quantised the same way
+    same_precision = [f"dense {loaded.step('quantize').config.scheme}"] if prunes and "quantize" in kinds else []
+    assert list(summary["variants"]) == ["dense"] + same_precision + [_label(loaded)]
     for name, entry in summary["variants"].items():
         q = entry["quality"]
         assert (q.get("perplexity") or q.get("embedding_cosine")) > 0, name
@@ -83,10 +88,11 @@ def test_every_recipe_runs_on_a_tiny_model(recipe, tiny_llama_dir, tiny_bert_dir
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     assert "dense" in md and loaded.name in md and "torch" in md and "onnxruntime" in md
+    assert ("the unpruned model at the same precision" in md) == prunes
     assert html.count("<img") >= 2 and html.rstrip().endswith("</html>")
     if "quantize" in kinds:
         scheme = loaded.step("quantize").config.scheme
-        variant = summary["variants"][next(n for n in summary["variants"] if n != "dense")]
+        variant = summary["variants"][_label(loaded)]
         meta = json.loads((out / variant["model"] / "edgeprune.json").read_text())
         assert meta["export"]["quantized"]["scheme"] == scheme and meta["export"]["quantized"]["zeros_preserved"]
     # a second run reuses every step and changes nothing
@@ -102,8 +108,132 @@ def test_a_changed_setting_reruns_only_the_steps_after_it(tiny_llama_dir, tiny_d
     first = run_recipe(recipe, tmp_path / "run", devices=[tiny_device], sets=sets)
     second = run_recipe(recipe, tmp_path / "run", devices=[tiny_device], sets=sets + ["quantize.block_size=16"])
     reused = set(second.reused)
-    assert {s.folder for s in first.steps if "dense" in s.folder or s.kind in ("prune", "export")} <= reused
+    assert {s.folder for s in first.steps if s.branch == "dense" or s.kind in ("prune", "export")} <= reused
     assert any(f.endswith("quantize") for f in second.ran) and any(f.endswith("report") for f in second.ran)
+    assert "07-dense-int4-quantize" in second.ran and "08-dense-int4-eval" in second.ran  # quantised like the variant
+
+
+@pytest.fixture(scope="module")
+def int4_run(tiny_llama_dir, tiny_device, tmp_path_factory):
+    """The demo's recipe (2:4 attention + int4) run once on the tiny Llama."""
+    recipe = recipes_dir() / "smollm2-135m-2of4-attention-int4.toml"
+    sets = _tiny_sets(recipe, tiny_llama_dir)
+    return run_recipe(recipe, tmp_path_factory.mktemp("int4") / "run", devices=[tiny_device], sets=sets), recipe, sets
+
+
+def test_pruned_int4_is_compared_with_dense_int4_with_its_own_eval_and_profile(int4_run, tiny_device):
+    result, recipe, sets = int4_run
+    out, summary = result.out, result.summary
+    assert list(summary["variants"]) == ["dense", "dense int4", "attention 2:4 + int4"]
+    assert [e["role"] for e in summary["variants"].values()] == ["dense", "dense-quantized", "variant"]
+    assert summary["same_precision"] == {"baseline": "dense int4", "variant": "attention 2:4 + int4"}
+    folders = [s.folder for s in result.steps]
+    assert folders == ["01-dense-export", "02-dense-eval", "03-prune", "04-export", "05-quantize", "06-eval",
+                       "07-dense-int4-quantize", "08-dense-int4-eval", "09-profile", "10-report"]
+    # the dense export quantised with the recipe's own QuantizeConfig, then evaluated with its [eval]
+    def step(folder: str) -> dict:
+        return json.loads((out / folder / "step.json").read_text())
+
+    def meta(folder: str) -> dict:
+        return json.loads((out / folder / "meta.json").read_text())
+
+    assert step("07-dense-int4-quantize")["config"] == step("05-quantize")["config"]
+    assert meta("07-dense-int4-quantize")["inputs"]["model"] == "01-dense-export"
+    assert step("08-dense-int4-eval")["config"] == step("06-eval")["config"] == step("02-dense-eval")["config"]
+    assert meta("08-dense-int4-eval")["inputs"]["model"] == "07-dense-int4-quantize"
+    dense_int4 = summary["variants"]["dense int4"]
+    assert dense_int4["model"] == "07-dense-int4-quantize" and dense_int4["onnx_bytes"] > 0
+    assert dense_int4["quality"] == json.loads((out / "08-dense-int4-eval" / "eval.json").read_text())
+    assert "07-dense-int4-quantize" in Path(dense_int4["quality"]["model"]).parts and dense_int4["quality"]["perplexity"] > 0
+    assert dense_int4["quality"]["perplexity"] != summary["variants"]["dense"]["quality"]["perplexity"]
+    exported = json.loads((out / "07-dense-int4-quantize" / "edgeprune.json").read_text())
+    assert exported["export"]["quantized"]["scheme"] == "int4" and "pruning" not in exported
+    # profiled next to the others, in the same report
+    profile = summary["profiles"]["tiny-host"]
+    assert [v["name"] for v in profile["variants"]] == list(summary["variants"])
+    assert profile["variants"][1]["quantization"] == "int4" and all(r["status"] == "ok" for r in profile["variants"][1]["runs"])
+    headers, rows = summary_table(summary)
+    assert [r[0] for r in rows] == list(summary["variants"]) and "speed-up" in headers
+    # re-running reuses it, like every other step
+    again = run_recipe(recipe, out, devices=[tiny_device], sets=sets)
+    assert again.ran == [] and {"07-dense-int4-quantize", "08-dense-int4-eval"} <= set(again.reused)
+
+
+def _decode(summary: dict, name: str) -> float:
+    variant = next(v for v in summary["profiles"]["tiny-host"]["variants"] if v["name"] == name)
+    return variant["runs"][0]["decoder"][0]["decode_ms_per_token"]
+
+
+def test_what_pruning_bought_at_the_same_precision_is_computed_from_the_numbers(int4_run):
+    import copy
+    from html import escape
+
+    result, _, _ = int4_run
+    summary = result.summary
+    base, variant = summary["variants"]["dense int4"], summary["variants"]["attention 2:4 + int4"]
+    bq, vq = base["quality"]["perplexity"], variant["quality"]["perplexity"]
+    bs, vs = base["onnx_bytes"], variant["onnx_bytes"]
+    bd, vd = _decode(summary, "dense int4"), _decode(summary, "attention 2:4 + int4")
+    sentence = same_precision_sentence(summary)
+    assert sentence.startswith("Against dense int4 (the unpruned model at the same precision), pruning changed ")
+    assert f"perplexity {fmt(bq)} → {fmt(vq)} ({vq / bq:.2f}×)" in sentence
+    assert f"ONNX size {fmt(bs / 2**20)} → {fmt(vs / 2**20)} MiB ({vs / bs:.2f}×)" in sentence
+    assert f"decode {fmt(bd)} → {fmt(vd)} ms/token ({vd / bd:.2f}×)" in sentence and "on tiny-host (1 thread)." in sentence
+    assert sentence in (result.out / "report.md").read_text() and escape(sentence) in (result.out / "report.html").read_text()
+
+    def verdict(perplexity: float, size: int, decode: float) -> str:
+        changed = copy.deepcopy(summary)
+        changed["variants"]["attention 2:4 + int4"] |= {"quality": {"perplexity": perplexity}, "onnx_bytes": size}
+        run = next(v for v in changed["profiles"]["tiny-host"]["variants"] if v["name"] == "attention 2:4 + int4")["runs"][0]
+        run["decoder"][0]["decode_ms_per_token"] = decode
+        text = same_precision_sentence(changed)
+        assert f"perplexity {fmt(bq)} → {fmt(perplexity)}" in text and f"decode {fmt(bd)} → {fmt(decode)} ms/token" in text
+        return text.split(": at this precision pruning ")[1]
+
+    assert verdict(1.78 * bq, bs, bd) == "costs quality and buys no size or speed on tiny-host (1 thread)."
+    assert verdict(bq, bs // 2, bd / 2) == "keeps quality and buys size and speed on tiny-host (1 thread)."
+    assert verdict(0.9 * bq, bs, 1.5 * bd) == "improves quality, costs speed and buys no size on tiny-host (1 thread)."
+    assert verdict(1.5 * bq, bs // 2, bd) == "costs quality and buys size but no speed on tiny-host (1 thread)."
+
+
+def test_terminal_summary_is_not_cut_at_80_or_120_columns(int4_run):
+    import io
+
+    from rich.console import Console
+
+    from edgeprune.cli import _print_summary
+
+    result, _, _ = int4_run
+    names, sections = summary_by_metric(result.summary)
+    values = [cell for _, rows in sections for row in rows for cell in row if cell]
+    assert names == list(result.summary["variants"]) and "speed-up" in values and len(values) > 20
+    for width in (80, 120):
+        console = Console(width=width, file=io.StringIO())
+        _print_summary(result, console)
+        text = console.file.getvalue()
+        lines = text.splitlines()
+        assert "…" not in text and max(len(line) for line in lines) <= width
+        for value in values:  # every figure whole, on one line
+            assert any(value in line for line in lines), (width, value)
+        for name in names:  # headers may wrap between words, never inside one
+            assert all(word in text for word in name.split()), (width, name)
+        flat = " ".join(text.split())
+        assert same_precision_sentence(result.summary) in flat and speedup_note(result.summary) in flat
+
+
+def test_reproduce_command_resumes_the_same_run_folder(int4_run, tiny_device):
+    import shlex
+
+    result, recipe, sets = int4_run
+    command = reproduce_command(result.summary)
+    assert f"```\n{command}\n```" in (result.out / "report.md").read_text()
+    args = shlex.split(command)
+    assert args[:3] == ["edgeprune", "run", str(recipe)] and args[args.index("--out") + 1] == str(result.out)
+    assert args[args.index("--device") + 1] == str(tiny_device.absolute())
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--set"] == sets
+    cli = runner.invoke(app, args[1:])  # following it reuses every finished step instead of redoing them elsewhere
+    assert cli.exit_code == 0, cli.output
+    assert f"0 step(s) ran, {len(result.steps)} reused" in cli.output
 
 
 def _run_cli(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -225,7 +355,7 @@ def test_unwritable_out_is_a_clear_error(tmp_path):
     a_file = tmp_path / "file"
     a_file.write_text("")
     result = runner.invoke(app, ["run", "smollm2-135m-dense-int4", "--out", str(a_file / "run")])  # works as root too
-    assert result.exit_code == 2 and "cannot write to" in error_line(result)
+    assert result.exit_code == 2 and "is a file, not a folder" in error_line(result)
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o500)

@@ -50,6 +50,7 @@ def to_markdown(report: Report) -> str:
     if report.notes:
         out += ["## Notes\n"] + [f"- {n}" for n in report.notes] + [""]
     out += ["## Comparison (ratios against the first variant at the same thread count)\n", _md_table(*tables.comparison(report))]
+    out += quality_markdown(report)
     out += ["## Memory (MiB)\n", _md_table(*tables.memory_rows(report))]
     for v in report.variants:
         out.append(f"## {v.name}\n")
@@ -74,13 +75,34 @@ def to_markdown(report: Report) -> str:
     return "\n".join(out)
 
 
+def quality_markdown(report: Report, heading: str = "##") -> list[str]:
+    """The quality table with its note on quantised graphs, as Markdown blocks (nothing when no variant has figures)."""
+    headers, rows = tables.quality_rows(report)
+    if not rows:
+        return []
+    note = tables.divergence_note(report)
+    return [f"{heading} Quality\n", _md_table(headers, rows)] + ([f"Note: {note}\n"] if note else [])
+
+
+def quality_html(report: Report, heading: str = "h2") -> list[str]:
+    headers, rows = tables.quality_rows(report)
+    if not rows:
+        return []
+    note = tables.divergence_note(report)
+    notes = [f"<p class='note'>{html.escape(note)}</p>"] if note else []
+    return [f"<{heading}>Quality</{heading}>", _html_table(headers, rows)] + notes
+
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}h3{font-size:.95em;font-weight:600}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}.fail{color:#b00020;font-weight:600}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:.85em;max-width:100%}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f2f2f2;vertical-align:bottom}td:first-child,th:first-child{text-align:left}.fail{color:#b00020;font-weight:600}
 .note{background:#fff8e1;padding:6px 10px;border-left:3px solid #f0b400}img{max-width:100%;display:block;margin:8px 0}
 .where{background:#eef5ff;padding:8px 12px;border-left:3px solid #3b82f6}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f7f7f7;padding:6px 10px}
+.verdict{background:#f0f7ee;padding:8px 12px;border-left:3px solid #3a9d3a;font-weight:500}
 """
 
 
@@ -111,6 +133,7 @@ def to_html(report: Report) -> str:
              f"<p class='where'>{e(tables.where_it_ran(report))}</p>", f"<p>Device profile: {e(_device_line(report))}.</p>"]
     parts += [f"<p class='note'>{e(n)}</p>" for n in report.notes]
     parts += ["<h2>Comparison (ratios against the first variant at the same thread count)</h2>", _html_table(*tables.comparison(report))]
+    parts += quality_html(report)
     parts += ["<h2>Memory (MiB)</h2>", _html_table(*tables.memory_rows(report))]
     parts.append("<h2>Figures</h2>")
     for title, draw in FIGURES.items():

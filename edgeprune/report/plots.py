@@ -4,8 +4,10 @@ there is nothing to draw."""
 from __future__ import annotations
 
 import io
+import textwrap
 
 from edgeprune.profiling.results import Report
+from edgeprune.report.tables import column_title, outside_kernels_percent
 
 
 def _png(fig) -> bytes:
@@ -22,8 +24,13 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize=(6, 4), squeeze: bool = True
         from edgeprune.errors import EdgepruneError
 
         raise EdgepruneError("the HTML report needs matplotlib", "run: pip install matplotlib") from None
-    fig = Figure(figsize=figsize)
+    fig = Figure(figsize=figsize, layout="constrained")  # room for every label, none cut at the edge
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
+
+
+def _tick(v, r) -> str:
+    """A variant's axis label: its name wrapped to short lines (no rotation, so nothing runs off the figure), then threads."""
+    return "\n".join(textwrap.wrap(v.name, 14) or [v.name]) + f"\n{r.threads} thread{'s' if r.threads != 1 else ''}"
 
 
 def _ok_runs(report: Report):
@@ -34,9 +41,9 @@ def latency_distribution(report: Report) -> bytes | None:
     """Box plots of every latency sample: decoders' TTFT and decode ms/token, encoders' latency."""
     panels = []
     runs = _ok_runs(report)
-    ttft = [(f"{v.name}\n{r.threads}t", r.decoder[0].prefill.samples, r.decoder[0].prompt_tokens) for v, r in runs if r.decoder]
-    decode = [(f"{v.name}\n{r.threads}t", r.decoder[0].decode.samples) for v, r in runs if r.decoder]
-    enc = [(f"{v.name}\n{r.threads}t", r.encoder[0].latency.samples) for v, r in runs if r.encoder]
+    ttft = [(_tick(v, r), r.decoder[0].prefill.samples, r.decoder[0].prompt_tokens) for v, r in runs if r.decoder]
+    decode = [(_tick(v, r), r.decoder[0].decode.samples) for v, r in runs if r.decoder]
+    enc = [(_tick(v, r), r.encoder[0].latency.samples) for v, r in runs if r.encoder]
     if ttft:
         panels.append((f"time to first token, {ttft[0][2]}-token prompt (ms)", [(n, s) for n, s, _ in ttft]))
         panels.append(("decode (ms per token)", decode))
@@ -44,10 +51,10 @@ def latency_distribution(report: Report) -> bytes | None:
         panels.append(("encoder latency (ms)", enc))
     if not panels:
         return None
-    fig, axes = _figure(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    fig, axes = _figure(1, len(panels), figsize=(max(5.5, 1.3 * len(panels[0][1]) + 1.5) * len(panels), 3.8), squeeze=False)
     for ax, (title, data) in zip(axes[0], panels):
         ax.boxplot([s for _, s in data], showfliers=True)
-        ax.set_xticks(range(1, len(data) + 1), [n for n, _ in data], fontsize=7, rotation=25, ha="right")
+        ax.set_xticks(range(1, len(data) + 1), [n for n, _ in data], fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     return _png(fig)
@@ -62,17 +69,22 @@ def memory(report: Report) -> bytes | None:
     ax.bar([x - 0.2 for x in xs], [r.memory.peak_load_mb for _, r in runs], 0.4, label="peak RSS, load")
     ax.bar([x + 0.2 for x in xs], [r.memory.peak_run_mb for _, r in runs], 0.4, label="peak RSS, run")
     budget = report.device.get("memory_budget_mb")
-    if budget:
+    highest = max(max(r.memory.peak_load_mb, r.memory.peak_run_mb) for _, r in runs)
+    heading = "memory per variant (sampled from outside the process)"
+    if budget and budget <= 3 * highest:
         ax.axhline(budget, color="red", linestyle="--", label=f"budget {budget:g} MiB")
-    ax.set_xticks(list(xs), [f"{v.name}\n{r.threads}t" for v, r in runs], fontsize=7, rotation=25, ha="right")
+    elif budget:  # a line far above the bars would flatten them to nothing
+        heading += f"\nbudget {budget:g} MiB, off the scale"
+    ax.set_xticks(list(xs), [_tick(v, r) for v, r in runs], fontsize=7)
     ax.set_ylabel("MiB")
-    ax.set_title("memory per variant (sampled from outside the process)", fontsize=10)
-    ax.legend(fontsize=8)
+    ax.set_title(heading, fontsize=10)
+    fig.legend(fontsize=8, ncol=3, loc="outside lower center")  # below the axes: never over a bar
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)
 
 
 def op_breakdown(report: Report, top: int = 8) -> bytes | None:
+    """Each run's profiled time by op type: the ``top`` types, the other types, and the time outside kernels (100% in all)."""
     runs = [(v, r) for v, r in _ok_runs(report) if r.op_profile and r.op_profile.ops]
     if not runs:
         return None
@@ -81,20 +93,29 @@ def op_breakdown(report: Report, top: int = 8) -> bytes | None:
         for o in r.op_profile.ops:
             totals[o.op_type] = totals.get(o.op_type, 0.0) + o.percent
     keep = sorted(totals, key=lambda k: -totals[k])[:top]
-    fig, ax = _figure(figsize=(8, 0.6 * len(runs) + 1.8))
-    labels = [f"{v.name} {r.threads}t" for v, r in runs]
+    fig, ax = _figure(figsize=(8, 0.6 * len(runs) + 2.2))
+    labels = [f"{v.name}, {r.threads} thread{'s' if r.threads != 1 else ''}" for v, r in runs]
     left = [0.0] * len(runs)
     cmap = __import__("matplotlib").colormaps["tab10"]
-    for i, op in enumerate(keep + ["other"]):
+    other, outside = "other op types", "outside kernels"
+    for i, op in enumerate(keep + [other, outside]):
         widths = []
         for _, r in runs:
             by = {o.op_type: o.percent for o in r.op_profile.ops}
-            widths.append(by.get(op, 0.0) if op != "other" else max(0.0, sum(by.values()) - sum(by.get(k, 0.0) for k in keep)))
-        ax.barh(labels, widths, left=left, label=op, color=cmap(i % 10) if op != "other" else "lightgrey")
+            if op == other:
+                widths.append(max(0.0, sum(by.values()) - sum(by.get(k, 0.0) for k in keep)))
+            elif op == outside:
+                widths.append(outside_kernels_percent(r))
+            else:
+                widths.append(by.get(op, 0.0))
+        color = {other: "lightgrey", outside: "white"}.get(op, cmap(i % 10))
+        ax.barh(labels, widths, left=left, label=op, color=color, edgecolor="grey" if op == outside else None,
+                hatch="//" if op == outside else None)
         left = [a + b for a, b in zip(left, widths)]
-    ax.set_xlabel("% of run time (ORT profiler)")
+    ax.set_xlim(0, max(100.0, *left))
+    ax.set_xlabel("% of run time (ORT profiler; \"outside kernels\" is framework time between them)")
     ax.set_title("op-type breakdown", fontsize=10)
-    ax.legend(fontsize=7, ncol=min(5, len(keep) + 1), loc="upper center", bbox_to_anchor=(0.5, -0.25))
+    fig.legend(fontsize=7, ncol=min(5, len(keep) + 2), loc="outside lower center")
     return _png(fig)
 
 
@@ -119,11 +140,13 @@ def quality_tradeoff(report: Report) -> bytes | None:
     for ax, (xlabel, x_of) in zip(axes[0], ((speed_label, lambda v, r: _speed(r)[1]), ("size MiB", lambda v, r: v.size_bytes / 2**20))):
         for v, r in points:
             ax.scatter(x_of(v, r), v.quality[key])
-            ax.annotate(f"{v.name} {r.threads}t", (x_of(v, r), v.quality[key]), fontsize=7, textcoords="offset points", xytext=(4, 4))
+            ax.annotate(f"{v.name}, {r.threads}t", (x_of(v, r), v.quality[key]), fontsize=7, textcoords="offset points",
+                        xytext=(4, 4))
+        ax.margins(x=0.35, y=0.15)  # room for the annotations inside the axes
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(key)
+        ax.set_ylabel(column_title(key))
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{key} vs speed and size", fontsize=10)
+    fig.suptitle(f"{column_title(key)} vs speed and size", fontsize=10)
     return _png(fig)
 
 

@@ -42,24 +42,65 @@ _COLUMNS = [
 
 
 def comparison(report: Report) -> tuple[list[str], list[list[str]]]:
-    """One row per variant × threads; each figure with its ratio to the first variant at the same thread count."""
+    """One row per variant × threads; each figure with its ratio to the first variant at the same thread count.
+    Quality figures are in :func:`quality_rows`, so neither table is too wide to read."""
     rows, figures = [], []
     for v in report.variants:
         for run in v.runs:
             figures.append((v, run, _figures(v, run) if run.ok else {"size_mb": v.size_bytes / MiB}))
     used = [(k, label) for k, label in _COLUMNS if any(f.get(k) is not None for _, _, f in figures)]
-    quality_keys = sorted({k for v in report.variants for k in v.quality if k != "quality_note"})  # the note goes in the text
-    headers = ["variant", "threads", "status"] + [label for _, label in used] + quality_keys + ["budgets"]
+    headers = ["variant", "threads", "status"] + [label for _, label in used] + ["budgets"]
     for v, run, f in figures:
         base = next((bf for bv, br, bf in figures if br.threads == run.threads and br.ok), None) if run.ok else None
         row = [v.name, str(run.threads), "ok" if run.ok else "FAILED"]
         for key, _ in used:
             value = f.get(key)
             row.append(fmt(value) + (_ratio(value, base.get(key)) if base and base is not f and value is not None else ""))
-        row += [fmt(v.quality.get(k)) for k in quality_keys]
         row.append(budget_summary(run))
         rows.append(row)
     return headers, rows
+
+
+# Column titles for the quality figures a variant's edgeprune.json gives (profiling._quality), in this order.
+QUALITY_TITLES = {
+    "method": "pruning method", "sparsity": "sparsity", "overall_sparsity": "overall sparsity",
+    "perplexity": "perplexity", "embedding_cosine_mean": "cosine to dense (mean)",
+    "embedding_cosine_min": "cosine to dense (min)",
+    "greedy_tokens_identical": "greedy tokens same as PyTorch", "max_abs_diff_vs_torch": "max abs diff vs PyTorch",
+}
+
+
+def column_title(key: str) -> str:
+    """A column title for a result field: the known ones in words, any other without underscores."""
+    return QUALITY_TITLES.get(key, key.replace("_", " "))
+
+
+def quality_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """One row per variant: quantisation and the quality figures it carries (pruning, evaluation, agreement with PyTorch)."""
+    present = {k for v in report.variants for k in v.quality if k != "quality_note"}  # the note goes in the text
+    keys = [k for k in QUALITY_TITLES if k in present] + sorted(present - set(QUALITY_TITLES))
+    if not keys:
+        return [], []
+    headers = ["variant", "quantisation"] + [column_title(k) for k in keys]
+    return headers, [[v.name, v.quantization] + [_quality_cell(k, v.quality.get(k)) for k in keys] for v in report.variants]
+
+
+def _quality_cell(key: str, value) -> str:
+    return f"{value:.1%}" if key == "overall_sparsity" and isinstance(value, float) else fmt(value)
+
+
+def divergence_note(report: Report) -> str | None:
+    """Why a quantised graph's "greedy tokens same as PyTorch" and "max abs diff" look like failures, and are not."""
+    quantised = [v for v in report.variants if v.quantization != "none"
+                 and ("greedy_tokens_identical" in v.quality or "max_abs_diff_vs_torch" in v.quality)]
+    if not quantised:
+        return None
+    names = ", ".join(v.name for v in quantised)
+    return (f"{names}: a quantised graph is expected to differ from the PyTorch model it came from. Greedy decoding follows "
+            "the same tokens for a while and then takes another path (\"greedy tokens same as PyTorch\" counts the identical "
+            "prefix), and the outputs (logits; embeddings for encoders) differ by up to the \"max abs diff vs PyTorch\" shown; "
+            "neither is a failure. "
+            "Perplexity (or cosine to dense, for encoders) is the measure of quality to read.")
 
 
 def budget_summary(run: RunResult) -> str:
@@ -68,7 +109,11 @@ def budget_summary(run: RunResult) -> str:
     if not run.budgets:
         return "none set"
     failed = [b for b in run.budgets if not b.passed]
-    return "pass" if not failed else "FAIL: " + ", ".join(b.name.replace("_budget", "") for b in failed)
+    return "pass" if not failed else "FAIL: " + ", ".join(_BUDGET_NAMES.get(b.name, b.name.replace("_", " ")) for b in failed)
+
+
+_BUDGET_NAMES = {"memory_budget_mb": "memory", "latency_p90_ms_budget": "p90 latency",
+                 "decode_ms_per_token_budget": "decode ms/token"}
 
 
 def run_details(variant: VariantResult, run: RunResult) -> tuple[list[str], list[list[str]]]:
@@ -90,8 +135,8 @@ def run_details(variant: VariantResult, run: RunResult) -> tuple[list[str], list
 
 
 def memory_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    headers = ["variant", "threads", "baseline (ORT imported)", "peak load", "peak run", "child VmHWM", "sampled / VmHWM", "child ru_maxrss",
-               "samples", "budget"]
+    headers = ["variant", "threads", "baseline (ORT imported)", "peak load", "peak run", "child VmHWM", "sampled ÷ VmHWM",
+               "child max RSS (getrusage)", "samples", "budget"]
     rows = []
     budget = report.device.get("memory_budget_mb")
     for v in report.variants:
@@ -106,11 +151,29 @@ def memory_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 
 def op_rows(run: RunResult, top: int = 12) -> tuple[list[str], list[list[str]]]:
+    """The ``top`` op types by time, then the rest of the op types and the time outside any kernel, so the rows add
+    up to 100% of the profiled run time."""
     headers = ["op type", "nodes", "calls", "total ms", "% of run"]
     p = run.op_profile
     if p is None:
         return headers, []
-    return headers, [[o.op_type, str(o.nodes), str(o.count), fmt(o.total_ms), f"{o.percent:.1f}"] for o in p.ops[:top]]
+    rows = [[o.op_type, str(o.nodes), str(o.count), fmt(o.total_ms), f"{o.percent:.1f}"] for o in p.ops[:top]]
+    rest = p.ops[top:]
+    if rest:
+        rows.append([f"other ({len(rest)} op types)", str(sum(o.nodes for o in rest)), str(sum(o.count for o in rest)),
+                     fmt(sum(o.total_ms for o in rest)), f"{sum(o.percent for o in rest):.1f}"])
+    outside = outside_kernels_percent(run)
+    if outside > 0:
+        rows.append(["outside kernels (ORT overhead)", "–", "–", fmt(p.run_ms - p.kernel_ms), f"{outside:.1f}"])
+    return headers, rows
+
+
+def outside_kernels_percent(run: RunResult) -> float:
+    """The share of the profiled run time spent between kernels (scheduling, copies, framework), in %."""
+    p = run.op_profile
+    if p is None or p.run_ms <= 0:
+        return 0.0
+    return max(0.0, 100.0 - sum(o.percent for o in p.ops))
 
 
 def node_rows(run: RunResult, top: int = 8) -> tuple[list[str], list[list[str]]]:
