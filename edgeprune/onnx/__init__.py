@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from edgeprune.data import CalibConfig
 from edgeprune.errors import EdgepruneError
+from edgeprune.onnx.genai import GENAI_CONFIG, write_genai_files
 from edgeprune.progress import status
 
 if TYPE_CHECKING:
@@ -295,7 +296,9 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
                 shutil.copy2(item, tmp / item.name)
         report = _quantize(loaded, onnx_path, tmp / ONNX_FILE, export_config, fp32_inits, layers, layer_patterns(meta.get("pruning")))
         _check_quantized(report)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name}
+        if loaded.is_decoder:
+            write_genai_files(tmp, ONNX_FILE)  # rewritten from the quantised graph (and for exports older than genai_config.json)
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name or p.name == GENAI_CONFIG}
         write_json(tmp / METADATA_FILE, meta | {"export": exported | {"files": files, "quantized": report.to_dict(),
                                                                      "quantized_from": str(src)}})
     return report
@@ -364,8 +367,10 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
 
             status("writing .ort files")
             convert_to_ort(tmp)
-        report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())
-                        if ".onnx" in p.name or p.suffix == ".ort" or p.name == (OPS_CONFIG if config.ort_format else None)}
+        if loaded.is_decoder:
+            write_genai_files(tmp, ONNX_FILE)
+        report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name or p.suffix == ".ort"
+                        or p.name == GENAI_CONFIG or p.name == (OPS_CONFIG if config.ort_format else None)}
         write_json(tmp / METADATA_FILE, {
             "edgeprune_version": __version__,
             "export": report.to_dict(),
