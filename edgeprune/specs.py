@@ -99,6 +99,7 @@ def resolve_spec(spec: str | os.PathLike) -> tuple[str, Path | None, str | None]
         raise EdgepruneError(f"model path '{text}' does not exist",
                              "check the path (or run the step that writes it first), or pass a bundled alias: " + ", ".join(BUNDLED))
     if _HUB_ID.match(text):
+        hub_kwargs(text)  # offline and not cached: say so now, not after a minute of HTTP retries
         return "hub", None, None
     raise EdgepruneError(
         f"model '{text}' not found",
@@ -126,4 +127,17 @@ def hub_unreachable() -> str | None:
     return None
 
 
-__all__ = ["BUNDLED", "BundledModel", "bundled_path", "hub_unreachable", "resolve_spec"]
+def hub_kwargs(source: str) -> dict:
+    """from_pretrained arguments for a Hub id: the local cache only when the Hub is out of reach (an error if not cached)."""
+    reason = hub_unreachable()
+    if reason is None:
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+        raise EdgepruneError(f"'{source}' is not a local path, and as a Hugging Face Hub id it is not cached and cannot be fetched "
+                             f"({reason})", "download it first and pass the local folder, or use a bundled alias: " + ", ".join(BUNDLED))
+    return {"local_files_only": True}
+
+
+__all__ = ["BUNDLED", "BundledModel", "bundled_path", "hub_kwargs", "hub_unreachable", "resolve_spec"]

@@ -255,7 +255,8 @@ def test_a_spec_that_looks_like_a_path_is_never_sent_to_the_hub(tmp_path, monkey
     for spec in ("out/x", "./x", "/nonexistent/x", "x.gguf", "a/b/c", "~/no-such-model-folder"):
         with pytest.raises(EdgepruneError, match="does not exist"):
             resolve_spec(spec)
-    assert resolve_spec("HuggingFaceTB/SmolLM2-135M")[0] == "hub"  # org/name with no local folder 'HuggingFaceTB'
+    with pytest.raises(EdgepruneError, match="not a local path.*HF_HUB_OFFLINE"):  # org/name, no folder 'HuggingFaceTB': the Hub
+        resolve_spec("HuggingFaceTB/SmolLM2-135M")
     (tmp_path / "HuggingFaceTB").mkdir()
     with pytest.raises(EdgepruneError, match="does not exist"):  # ... unless a local folder makes it read as a path
         resolve_spec("HuggingFaceTB/SmolLM2-135M")

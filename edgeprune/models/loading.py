@@ -16,7 +16,7 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.models.base import Adapter
 from edgeprune.models.registry import adapter_for_model_type
 from edgeprune.progress import status
-from edgeprune.specs import BUNDLED, BundledModel, bundled_path, hub_unreachable, resolve_spec  # noqa: F401  (re-exported)
+from edgeprune.specs import BUNDLED, BundledModel, bundled_path, hub_kwargs, resolve_spec  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -31,21 +31,6 @@ class LoadedModel:
     @property
     def is_decoder(self) -> bool:
         return self.adapter.task == "text-generation"
-
-
-def _hub_kwargs(source: str) -> dict:
-    """from_pretrained arguments for a Hub id: the local cache only when the Hub is out of reach (an error if not cached)."""
-    reason = hub_unreachable()
-    if reason is None:
-        return {}
-    from transformers import AutoConfig
-
-    try:
-        AutoConfig.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError):
-        raise EdgepruneError(f"'{source}' is not a local path, and as a Hugging Face Hub id it is not cached and cannot be fetched ({reason})",
-                             "download it first and pass the local folder, or use a bundled alias: " + ", ".join(BUNDLED)) from None
-    return {"local_files_only": True}
 
 
 @functools.lru_cache(maxsize=4)
@@ -75,7 +60,7 @@ def _read_config(kind: str, path: Path | None, gguf_file: str | None, source: st
         if kind == "gguf":
             config = _gguf_config(str(path), gguf_file, (path / gguf_file).stat().st_mtime_ns)
         else:
-            config = AutoConfig.from_pretrained(source, **_hub_kwargs(source))
+            config = AutoConfig.from_pretrained(source, **hub_kwargs(source))
         return config.model_type, config
     except OSError as exc:
         if kind == "hub":
@@ -150,7 +135,7 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
     adapter = adapter_for_model_type(_read_config(kind, path, gguf_file, source)[0])
     model_cls = AutoModelForCausalLM if adapter.task == "text-generation" else AutoModel
     where = source if kind == "hub" else str(path)
-    extra = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source) if kind == "hub" else {}
+    extra = {"gguf_file": gguf_file} if gguf_file else hub_kwargs(source) if kind == "hub" else {}
     status(f"loading {source}")
     if kind == "folder" and is_structured(path):
         extra["trust_remote_code"] = True  # per-block sizes: the folder's modeling_edgeprune.py (edgeprune's own code)
