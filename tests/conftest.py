@@ -64,6 +64,53 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, **overrides):
     return LlamaForCausalLM(LlamaConfig(**cfg)).eval()
 
 
+def make_tiny_qwen2(vocab_size: int, seed: int = 0, **overrides):
+    """A tiny Qwen2: q/k/v projections with biases, drawn non-zero so that a lost bias shows in the outputs."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, attn_implementation="sdpa",
+    )
+    model = Qwen2ForCausalLM(Qwen2Config(**(cfg | overrides))).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(std=0.5)
+    return model
+
+
+def make_tiny_smollm3(vocab_size: int, seed: int = 0, **overrides):
+    """A tiny SmolLM3 whose layers 1 and 3 skip RoPE (``no_rope_layers``; the real model skips it in every 4th)."""
+    from transformers import SmolLM3Config, SmolLM3ForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, attn_implementation="sdpa",
+        no_rope_layers=[1, 0, 1, 0], pad_token_id=3, bos_token_id=1, eos_token_id=2,
+    )
+    return SmolLM3ForCausalLM(SmolLM3Config(**(cfg | overrides))).eval()
+
+
+def assert_attention_is_the_models(model, ids: torch.Tensor) -> None:
+    """Every block's ``attention_probs`` (from the adapter's parts) equals the eager attention weights the model returns."""
+    from edgeprune.models import get_adapter
+    from edgeprune.pruning.attention_math import attention_probs
+
+    adapter = get_adapter(model)
+    with torch.no_grad():
+        out = model(input_ids=ids, output_attentions=True, output_hidden_states=True, use_cache=False)
+        _, context = adapter.embed(model, ids)
+        for i, block in enumerate(adapter.blocks(model)):
+            parts = adapter.attention(block)
+            probs = attention_probs(parts.attn_input(out.hidden_states[i]), parts, context)
+            assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+            assert probs.shape == out.attentions[i].shape, f"block {i}"
+            assert torch.allclose(probs, out.attentions[i], atol=1e-5), f"block {i}: max diff {(probs - out.attentions[i]).abs().max():.3g}"
+
+
 def make_tiny_bert(vocab_size: int, seed: int = 0):
     from transformers import BertConfig, BertModel
 

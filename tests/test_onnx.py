@@ -15,7 +15,7 @@ pytest.importorskip("optimum.exporters.onnx")
 import onnx  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 
-from conftest import error_line, no_leftovers  # noqa: E402
+from conftest import error_line, make_tiny_smollm3, no_leftovers  # noqa: E402
 from edgeprune.cli import app  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.onnx import ExportConfig, export  # noqa: E402
@@ -155,6 +155,20 @@ def test_fused_attention_matches_pytorch_on_padded_batches_and_biased_projection
                 ref = model(input_ids=step, attention_mask=mask, past_key_values=past, position_ids=positions, use_cache=True)
             past = ref.past_key_values
             assert np.abs(out["logits"] - ref.logits.numpy()).max() < 1e-4, side
+
+
+def test_fused_smollm3_skips_rope_on_its_no_rope_layers(tiny_tokenizer, tmp_path):
+    """SmolLM3 leaves RoPE out of some layers: the fused graph rotates q/k only in the others, and matches PyTorch."""
+    model = make_tiny_smollm3(len(tiny_tokenizer), initializer_range=0.2)
+    src = tmp_path / "smollm3"
+    model.save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    report = export(str(src), tmp_path / "onnx")
+    assert report.fused.attention == "GroupQueryAttention" and report.fused.layers == 4
+    rotary = [n.name for n in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node if n.op_type == "RotaryEmbedding"]
+    assert sorted({name.split("/")[2] for name in rotary}) == ["layers.0", "layers.2"] and len(rotary) == 4  # q and k
+    assert report.verify.worst[1] < 1e-4 and report.verify.tokens_identical
+    assert len(set(report.verify.tokens_torch)) > 3  # a generation that moves, so RoPE on a wrong layer would show
 
 
 @pytest.mark.parametrize("fuse", [True, False])

@@ -10,14 +10,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import error_line, make_tiny_bert, make_tiny_llama, no_leftovers
+from conftest import (assert_attention_is_the_models, error_line, make_tiny_bert, make_tiny_llama, make_tiny_qwen2,
+                      make_tiny_smollm3, no_leftovers)
 from edgeprune.cli import app
 from edgeprune.data import CalibConfig
 from edgeprune.errors import EdgepruneError
 from edgeprune.models import get_adapter
 from edgeprune.models.base import Units
 from edgeprune.structured import StructuredConfig, masked, spaces_and_cost, structured
-from edgeprune.structured.layout import LAYOUT_KEY, block_params, check_heads, remove_units
+from edgeprune.structured.layout import LAYOUT_KEY, block_params, check_heads, remove_units, save_layout_folder
 from edgeprune.structured.reform import ridge_refit
 from edgeprune.structured.scores import SCORES, BlockStats
 from edgeprune.structured.search import ParamCost, Space, dense_arch, evolve, greedy_arch, kept_units, uniform_arch
@@ -209,6 +210,63 @@ def test_structured_end_to_end_reloads_with_transformers_and_exports(family, gqa
     assert exported.verify.worst[1] <= exported.verify.atol  # export() also fails above it; be explicit
     if family == "llama":
         assert exported.verify.tokens_identical
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "smollm3"])
+def test_structured_folder_reloads_as_its_own_architecture(arch, tiny_tokenizer, tmp_path):
+    """A Qwen2 folder keeps its q/k/v biases and a SmolLM3 folder its layers without RoPE: the reloaded model's outputs
+    are the in-memory structured model's."""
+    from transformers import AutoModelForCausalLM
+
+    make = make_tiny_qwen2 if arch == "qwen2" else make_tiny_smollm3
+    model = make(len(tiny_tokenizer), initializer_range=0.2)
+    adapter = get_adapter(model)
+    for i, block in enumerate(adapter.blocks(model)):
+        units = adapter.units(block)
+        heads = torch.tensor([0, 2]) if i % 2 else torch.arange(units.num_heads)  # one query head per KV group
+        remove_units(block, adapter, heads, torch.arange(0, units.channels, 2 + i % 2))
+    save_layout_folder(model, adapter, tiny_tokenizer, tmp_path / "small")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "small", trust_remote_code=True).eval()
+    assert isinstance(reloaded, type(model))  # e.g. a Qwen2ForCausalLM, not a Llama built from Qwen2's config
+    ids = torch.randint(4, len(tiny_tokenizer), (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_folder_with_heads_removed_evaluates_and_prunes_with_attention(gqa_llama_dir, tiny_tokenizer, tmp_path):
+    """Head counts come from each block's weights, not the dense config: the adapter's attention equals the reloaded
+    model's own, evaluation compares attention with a same-shaped reference, and the attention method prunes it."""
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    from edgeprune import PruneConfig, evaluate, prune
+    from edgeprune.models.loading import load_model
+
+    loaded = load_model(gqa_llama_dir)
+    adapter, blocks = loaded.adapter, loaded.adapter.blocks(loaded.model)
+    all_channels = torch.arange(adapter.units(blocks[0]).channels)
+    remove_units(blocks[1], adapter, torch.tensor([0, 1, 3, 4]), all_channels)  # 6 → 4 query heads, 2 per KV group
+    small = tmp_path / "small"
+    save_layout_folder(loaded.model, adapter, loaded.tokenizer, small)
+    eager = AutoModelForCausalLM.from_pretrained(small, trust_remote_code=True, attn_implementation="eager").eval()
+    assert [adapter.attention(b).num_heads for b in adapter.blocks(eager)] == [6, 4, 6]
+    assert_attention_is_the_models(eager, torch.randint(4, len(tiny_tokenizer), (2, 24), generator=torch.Generator().manual_seed(0)))
+
+    itself = evaluate(str(small), reference=str(small), seqlen=32, max_windows=2)
+    assert itself.attention_error == [0.0, 0.0, 0.0] and math.isfinite(itself.perplexity)
+
+    pruned = tmp_path / "pruned"
+    report = prune(str(small), pruned, PruneConfig(method="attention", sparsity="2:4", calib=CalibConfig(samples=8, seqlen=32),
+                                                   options={"steps": 4, "check_every": 2}))
+    reloaded = AutoModelForCausalLM.from_pretrained(pruned, trust_remote_code=True)
+    q = adapter.attention(adapter.blocks(reloaded)[1]).q.weight
+    assert q.shape == (4 * 16, 96) and q.reshape(-1, 4).ne(0).sum(1).le(2).all()
+    # ½‖P̃ − P‖² per head over 32 rows of probabilities lies in (0, 32) (each row's ½‖p̃ − p‖² is at most 1)
+    assert len(report.attention_error) == 3 and all(0 < e["error"] < 32 for e in report.attention_error)
+    result = evaluate(str(pruned), seqlen=32, max_windows=2)  # reference: the structured folder it was pruned from
+    assert result.reference == str(small) and len(result.attention_error) == 3
+    assert all(0 < e < 32 for e in result.attention_error)
 
 
 def test_reformation_off_keeps_the_removal_error(gqa_llama_dir, tmp_path):

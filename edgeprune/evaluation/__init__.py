@@ -65,6 +65,18 @@ def attention_errors(model, reference, adapter, ids: torch.Tensor) -> list[float
     return errors
 
 
+def same_attention_shapes(model, reference, adapter) -> bool:
+    """Whether every block of both models has the same heads, so their attention matrices compare block by block
+    (structured pruning may have removed heads or whole blocks)."""
+
+    def heads(block) -> tuple[int, int, int]:
+        parts = adapter.attention(block)
+        return parts.num_heads, parts.num_kv_heads, parts.head_dim
+
+    blocks, ref_blocks = adapter.blocks(model), adapter.blocks(reference)
+    return len(blocks) == len(ref_blocks) and all(heads(a) == heads(b) for a, b in zip(blocks, ref_blocks))
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """What ``edgeprune eval`` takes besides the model (as keywords of :func:`evaluate`), as recipes take it."""
@@ -135,7 +147,7 @@ def evaluate(
 
         return evaluate_onnx(model, text, reference, seqlen, max_windows, onnx_file or "model.onnx")
 
-    from edgeprune.models.loading import is_structured, load_model
+    from edgeprune.models.loading import load_model
     from edgeprune.runtime import resolve_device
 
     device = resolve_device(device)
@@ -159,6 +171,7 @@ def evaluate(
             result.embedding_cosine = float((emb * ref_emb).sum(-1).mean())
         probe = tokenize(loaded.tokenizer, body)[: min(seqlen, 256)].unsqueeze(0)
     # heads removed by structured pruning have no attention matrix to compare: only same-shape models get the error
-    if ref is not None and attention and not is_structured(loaded.path):
+    if ref is not None and attention and ref.adapter.family == loaded.adapter.family \
+            and same_attention_shapes(loaded.model, ref.model, loaded.adapter):
         result.attention_error = attention_errors(loaded.model, ref.model, loaded.adapter, probe.to(device))
     return result

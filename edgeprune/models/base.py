@@ -109,7 +109,14 @@ class Adapter(ABC):
     def run_block(self, block: nn.Module, hidden: torch.Tensor, context: Any) -> torch.Tensor: ...
 
     @abstractmethod
-    def attention(self, block: nn.Module) -> AttentionParts: ...
+    def attention(self, block: nn.Module) -> AttentionParts:
+        """The block's attention as it is now: head counts come from its weights (structured pruning may have
+        removed heads), and ``rope`` is ``None`` where :meth:`uses_rope` says the block has no rotation."""
+
+    def uses_rope(self, block: nn.Module) -> bool:
+        """Whether this block rotates queries and keys by position (RoPE). Per block, because some architectures
+        (SmolLM3) leave it out of some layers; export and attention fusion read it too."""
+        return False
 
     def units(self, block: nn.Module) -> Units:
         """Heads and MLP channels that structured pruning may remove."""

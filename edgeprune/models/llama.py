@@ -1,4 +1,6 @@
-"""Llama-family decoders (Llama, Mistral, Qwen2, SmolLM): pre-norm blocks, GQA, RoPE, SwiGLU MLP."""
+"""Llama-family decoders (Llama, Mistral, Qwen2, SmolLM, SmolLM3): pre-norm blocks, GQA, RoPE, SwiGLU MLP.
+
+Subclasses override only what differs from Llama (e.g. SmolLM3: layers without RoPE)."""
 
 from __future__ import annotations
 
@@ -20,11 +22,18 @@ def _apply_rope(q: torch.Tensor, k: torch.Tensor, context) -> tuple[torch.Tensor
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
+def _heads(attn: nn.Module) -> tuple[int, int]:
+    """Query and key/value heads, read off the projections (the config keeps the dense counts)."""
+    return attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim
+
+
 @ADAPTERS.register("llama")
 class LlamaAdapter(Adapter):
     family = "llama"
-    model_types = ("llama", "mistral", "qwen2", "smollm", "smollm3")
+    model_types = ("llama", "mistral", "qwen2", "smollm")
     task = "text-generation"
+    #: config lists with one entry per block: keep_blocks keeps them in step with the blocks
+    per_layer_config: tuple[str, ...] = ("layer_types",)
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return list(model.model.layers)
@@ -42,22 +51,20 @@ class LlamaAdapter(Adapter):
         ]
 
     def permutations(self, block: nn.Module) -> list[ChannelPermutation]:
-        cfg = block.self_attn.config
         return [
             ChannelPermutation("mlp.down_proj", ("mlp.gate_proj", "mlp.up_proj")),
-            ChannelPermutation("self_attn.o_proj", ("self_attn.v_proj",), cfg.num_attention_heads, cfg.num_key_value_heads),
+            ChannelPermutation("self_attn.o_proj", ("self_attn.v_proj",), *_heads(block.self_attn)),
         ]
 
     def units(self, block: nn.Module) -> Units:
         attn, mlp = block.self_attn, block.mlp
-        head_dim = attn.head_dim
-        kv_heads = attn.k_proj.out_features // head_dim
+        heads, kv_heads = _heads(attn)
         return Units(
             head_rows=("self_attn.q_proj",) if attn.num_key_value_groups > 1 else ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
             head_cols="self_attn.o_proj",
-            num_heads=attn.q_proj.out_features // head_dim,
+            num_heads=heads,
             num_kv_heads=kv_heads,
-            head_dim=head_dim,
+            head_dim=attn.head_dim,
             channel_rows=("mlp.gate_proj", "mlp.up_proj"),
             channel_cols="mlp.down_proj",
             channels=mlp.down_proj.in_features,
@@ -74,6 +81,9 @@ class LlamaAdapter(Adapter):
             layer.self_attn.layer_idx = idx
         model.model.layers = nn.ModuleList(layers)
         model.config.num_hidden_layers = len(layers)
+        for key in self.per_layer_config:
+            if getattr(model.config, key, None) is not None:
+                setattr(model.config, key, [getattr(model.config, key)[i] for i in keep])
 
     def embed(self, model: nn.Module, input_ids: torch.Tensor):
         hidden = model.model.embed_tokens(input_ids)
@@ -88,17 +98,32 @@ class LlamaAdapter(Adapter):
 
     def attention(self, block: nn.Module) -> AttentionParts:
         attn = block.self_attn
-        cfg = attn.config
+        heads, kv_heads = _heads(attn)
         return AttentionParts(
             q=attn.q_proj,
             k=attn.k_proj,
             q_name="self_attn.q_proj",
             k_name="self_attn.k_proj",
-            num_heads=cfg.num_attention_heads,
-            num_kv_heads=cfg.num_key_value_heads,
+            num_heads=heads,
+            num_kv_heads=kv_heads,
             head_dim=attn.head_dim,
             causal=True,
             scale=attn.scaling,
             attn_input=block.input_layernorm,
-            rope=_apply_rope,
+            rope=_apply_rope if self.uses_rope(block) else None,
         )
+
+    def uses_rope(self, block: nn.Module) -> bool:
+        return True
+
+
+@ADAPTERS.register("smollm3")
+class SmolLM3Adapter(LlamaAdapter):
+    """SmolLM3: Llama blocks, but some layers (every 4th in the released model) attend without RoPE."""
+
+    family = "smollm3"
+    model_types = ("smollm3",)
+    per_layer_config = ("layer_types", "no_rope_layers")
+
+    def uses_rope(self, block: nn.Module) -> bool:
+        return bool(block.self_attn.use_rope)  # set per layer from config.no_rope_layers

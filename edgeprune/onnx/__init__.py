@@ -340,7 +340,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             from edgeprune.onnx.fuse import fuse_attention
 
             status("fusing attention into GroupQueryAttention")
-            fused = fuse_attention(onnx_path, loaded.model)
+            fused = fuse_attention(onnx_path, loaded.model, loaded.adapter)
         report = ExportReport(
             source=str(Path(model_spec).resolve()) if Path(model_spec).exists() else str(model_spec), out=str(out), architecture=loaded.adapter.family, task=task, pooling=config.pooling,
             files={}, seconds_export=round(time.perf_counter() - start, 2), fused=fused,

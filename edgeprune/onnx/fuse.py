@@ -4,7 +4,8 @@ optimum's merged decoder graph spells every attention block out in ~150 small op
 RoPE halves, KV-cache concat, GQA head repetition, the causal mask, softmax with a NaN guard). With
 int4 weights those ops, not the matrix products, set SmolLM2's decode time: ~7,400 nodes in all. This
 pass replaces each block's attention core, from the q/k/v projections to the o_proj input, with one
-``com.microsoft.GroupQueryAttention`` node (RoPE, cache append, causal mask and GQA inside the kernel),
+``com.microsoft.GroupQueryAttention`` node (cache append, causal mask and GQA inside the kernel), preceded by
+``com.microsoft.RotaryEmbedding`` on q and k in the layers the adapter says use RoPE (SmolLM3 skips it in some),
 then drops what no output needs. The q/k/v/o ``MatMul`` nodes and their weights are left exactly as
 they were, so the sparsity checks and the quantiser see the same linears.
 
@@ -59,10 +60,11 @@ def _skip(reason: str, nodes: int) -> FuseReport:
     return FuseReport(attention="unfused", layers=0, nodes_before=nodes, nodes_after=nodes, reason=reason)
 
 
-def fuse_attention(onnx_path: Path, model) -> FuseReport:
+def fuse_attention(onnx_path: Path, model, adapter) -> FuseReport:
     """Rewrite ``onnx_path`` in place (via a temporary file) with fused attention; the report says what happened.
 
-    ``model`` is the PyTorch model the graph was exported from (head sizes, RoPE tables, sliding window).
+    ``model`` is the PyTorch model the graph was exported from (head sizes, RoPE tables, sliding window), and
+    ``adapter`` its architecture adapter (which layers apply RoPE).
     Graphs this pass does not recognise are left untouched, with the reason in the report.
     """
     import os
@@ -96,6 +98,7 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
         if m and n.op_type == "MatMul":
             proj.setdefault(int(m.group(1)), {})[m.group(2)] = n
     n_layers = cfg.num_hidden_layers
+    rope_layers = [adapter.uses_rope(block) for block in adapter.blocks(model)]
     if sorted(proj) != list(range(n_layers)) or any(len(p) != 4 for p in proj.values()):
         return _skip("the graph does not have one q/k/v/o projection per decoder layer", before)
     outputs = {o.name for o in graph.output}
@@ -173,13 +176,14 @@ def fuse_attention(onnx_path: Path, model) -> FuseReport:
         p = proj[i]
         q_heads, kv_heads = widths[i][0] // head_dim, widths[i][1] // head_dim
         attn_out = f"/model/layers.{i}/self_attn/{ATTENTION_OP}_output_0"
-        rotated = {}
-        for which, heads in (("q", q_heads), ("k", kv_heads)):  # RoPE at the given positions, so the cache holds what PyTorch's does
-            rotated[which] = f"/model/layers.{i}/self_attn/{which}_rotary/{ROTARY_OP}_output_0"
-            new_nodes.append(helper.make_node(
-                ROTARY_OP, [projected(p[which]), "position_ids", _P + "cos_cache", _P + "sin_cache"], [rotated[which]],
-                name=f"/model/layers.{i}/self_attn/{which}_rotary/{ROTARY_OP}", domain="com.microsoft", num_heads=heads,
-                interleaved=0))
+        rotated = {"q": projected(p["q"]), "k": projected(p["k"])}  # as they are in layers without RoPE (SmolLM3)
+        if rope_layers[i]:  # RoPE at the given positions, so the cache holds what PyTorch's does
+            for which, heads in (("q", q_heads), ("k", kv_heads)):
+                rotated[which] = f"/model/layers.{i}/self_attn/{which}_rotary/{ROTARY_OP}_output_0"
+                new_nodes.append(helper.make_node(
+                    ROTARY_OP, [projected(p[which]), "position_ids", _P + "cos_cache", _P + "sin_cache"], [rotated[which]],
+                    name=f"/model/layers.{i}/self_attn/{which}_rotary/{ROTARY_OP}", domain="com.microsoft", num_heads=heads,
+                    interleaved=0))
         new_nodes.append(helper.make_node(
             ATTENTION_OP,
             [rotated["q"], rotated["k"], projected(p["v"]), f"past_key_values.{i}.key", f"past_key_values.{i}.value",

@@ -112,11 +112,15 @@ def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: s
     from edgeprune.io import atomic_dir, write_json
 
     from edgeprune.progress import status
+    from edgeprune.structured.layout import LAYOUT_KEY, save_layout_folder
 
     status(f"writing {out}")
     with atomic_dir(out, overwrite) as tmp:
-        loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(tmp)
+        if hasattr(loaded.model.config, LAYOUT_KEY):  # blocks of different sizes: the folder needs modeling_edgeprune.py
+            save_layout_folder(loaded.model.to("cpu"), loaded.adapter, loaded.tokenizer, tmp)
+        else:
+            loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(tmp)
         _copy_extra_files(loaded.path if loaded.gguf_file is None else None, tmp)
         meta = {
             "edgeprune_version": __version__,

@@ -23,7 +23,7 @@ from torch import nn
 
 from edgeprune.data import CalibConfig, calibration_batch
 from edgeprune.errors import EdgepruneError
-from edgeprune.structured.layout import block_params, model_layout, remove_units, save_layout_folder, unit_cost
+from edgeprune.structured.layout import auto_map_entry, block_params, model_layout, remove_units, save_layout_folder, unit_cost
 from edgeprune.structured.reform import reform_model
 from edgeprune.structured.scores import SCORES, UnitScores, score_model
 from edgeprune.structured.search import SEARCHES, Arch, Cost, ParamCost, Space, dense_arch, evolve, greedy_arch, kept_units, uniform_arch
@@ -228,10 +228,7 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
 
         load_device(config.latency_device)  # an unknown profile fails before any work
     loaded = load_model(model, device=device)
-    try:
-        loaded.adapter.units(loaded.adapter.blocks(loaded.model)[0])
-    except NotImplementedError as exc:
-        raise EdgepruneError(str(exc), "structured pruning supports: llama, bert") from None
+    auto_map_entry(loaded.model.config.model_type)  # fails before the work when the folder could not be written
     calib_ids = calibration_batch(loaded.tokenizer, config.calib).to(device)
     before = sum(block_params(b, loaded.adapter) for b in loaded.adapter.blocks(loaded.model))
 

@@ -164,6 +164,16 @@ def model_layout(model: nn.Module, adapter: Adapter) -> list[dict]:
     return [block_shape(adapter.units(b)).to_dict() for b in adapter.blocks(model)]
 
 
+def auto_map_entry(model_type: str) -> tuple[str, str]:
+    """The auto class and the ``modeling_edgeprune.py`` class a structured folder of ``model_type`` reloads with."""
+    from edgeprune.structured import modeling_edgeprune
+
+    if model_type not in modeling_edgeprune.AUTO_MAP:
+        raise EdgepruneError(f"structured pruning cannot write '{model_type}' models",
+                             f"structured pruning supports: {', '.join(modeling_edgeprune.AUTO_MAP)}")
+    return modeling_edgeprune.AUTO_MAP[model_type]
+
+
 def save_layout_folder(model: nn.Module, adapter: Adapter, tokenizer, folder: Path) -> None:
     """Save a (possibly resized) model as a folder transformers reloads: layout + auto_map in config.json, weights,
     tokenizer and the copied ``modeling_edgeprune.py``."""
@@ -171,7 +181,7 @@ def save_layout_folder(model: nn.Module, adapter: Adapter, tokenizer, folder: Pa
 
     from edgeprune.structured import modeling_edgeprune
 
-    auto_class, class_name = modeling_edgeprune.AUTO_MAP[adapter.family]
+    auto_class, class_name = auto_map_entry(model.config.model_type)
     setattr(model.config, LAYOUT_KEY, model_layout(model, adapter))
     model.config.auto_map = {auto_class: f"modeling_edgeprune.{class_name}"}
     model.save_pretrained(folder, safe_serialization=True)

@@ -4,32 +4,50 @@ edgeprune copies this file into every structured model folder and names its clas
 ``auto_map``, so the folder reloads with plain transformers (edgeprune must be installed)::
 
     AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+
+Each class is the source model's own transformers class (Qwen2 keeps its q/k/v biases, SmolLM3 its layers
+without RoPE), resized to the layout right after it is built.
 """
 
-from transformers import BertModel, LlamaForCausalLM
+from transformers import BertModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, SmolLM3ForCausalLM
 
 from edgeprune.models.registry import adapter_for_model_type
 from edgeprune.structured.layout import LAYOUT_KEY, apply_layout
 
 
-def _resize(model) -> None:
-    apply_layout(model, adapter_for_model_type(model.config.model_type), getattr(model.config, LAYOUT_KEY))
+class _Resized:
+    """Build the dense model from the config, then give every block its layout shape (loading fills the weights)."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        apply_layout(self, adapter_for_model_type(config.model_type), getattr(config, LAYOUT_KEY))
 
 
-class EdgepruneLlamaForCausalLM(LlamaForCausalLM):
-    def __init__(self, config):
-        super().__init__(config)
-        _resize(self)
+class EdgepruneLlamaForCausalLM(_Resized, LlamaForCausalLM):
+    pass
 
 
-class EdgepruneBertModel(BertModel):
-    def __init__(self, config, add_pooling_layer=True):
-        super().__init__(config, add_pooling_layer=add_pooling_layer)
-        _resize(self)
+class EdgepruneMistralForCausalLM(_Resized, MistralForCausalLM):
+    pass
 
 
-#: adapter family → (auto class, class name) written into config.json's auto_map
+class EdgepruneQwen2ForCausalLM(_Resized, Qwen2ForCausalLM):
+    pass
+
+
+class EdgepruneSmolLM3ForCausalLM(_Resized, SmolLM3ForCausalLM):
+    pass
+
+
+class EdgepruneBertModel(_Resized, BertModel):
+    pass
+
+
+#: config.json's model_type → (auto class, class name) written into its auto_map
 AUTO_MAP = {
     "llama": ("AutoModelForCausalLM", "EdgepruneLlamaForCausalLM"),
+    "mistral": ("AutoModelForCausalLM", "EdgepruneMistralForCausalLM"),
+    "qwen2": ("AutoModelForCausalLM", "EdgepruneQwen2ForCausalLM"),
+    "smollm3": ("AutoModelForCausalLM", "EdgepruneSmolLM3ForCausalLM"),
     "bert": ("AutoModel", "EdgepruneBertModel"),
 }
