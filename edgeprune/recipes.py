@@ -594,7 +594,7 @@ def run_recipe(
     total = len(run.plan)
     for p in run.plan:
         folder = out / p.folder
-        label = f"{p.folder}" + (f" ({_label(recipe)})" if p.kind in ("prune", "nm", "quantize") else "")
+        label = f"{p.folder}" + (f" ({_label(recipe)})" if p.kind in ("prune", "nm", "quantize") and p.branch == "variant" else "")
         progress.step(p.index, total, label)
         meta = _reusable(folder, p.key)
         if meta is not None:
