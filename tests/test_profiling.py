@@ -335,6 +335,16 @@ def fast_toml(tmp_path):
     return path
 
 
+def test_cli_profile_json_prints_the_report_on_stdout(tmp_path, tiny_onnx, fast_toml):
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["profile", str(tiny_onnx[1]), "--device", str(fast_toml), "--threads", "1", "--seq-lengths", "8",
+                                 "--no-op-profile", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)  # stdout is the JSON alone; the one-line summaries went to stderr
+    assert printed == json.loads((out / "report.json").read_text())
+    assert "not scaled" in result.stderr and printed["variants"][0]["runs"][0]["threads"] == 1
+
+
 def test_cli_profile_writes_the_report(tmp_path, tiny_onnx, fast_toml):
     out = tmp_path / "rep"
     result = runner.invoke(app, ["profile", str(tiny_onnx[1]), str(tiny_onnx[1]), "--device", str(fast_toml), "--threads", "1",
