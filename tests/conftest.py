@@ -34,6 +34,15 @@ def no_files_left_behind():
     assert not left, f"the test left files behind: {sorted(left)[:5]}"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the test (exports and ORT sessions follow torch's count), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _train_tokenizer(vocab_size: int = 384):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
