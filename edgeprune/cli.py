@@ -475,6 +475,9 @@ def quantize(
     head_bits: int = typer.Option(8, help="int4: bits for the embedding / LM head table (8 or 4)"),
     method: str = typer.Option("gptq", help="int4: gptq (calibrated on --calib text, pruned zeros held) or rtn (round to nearest)"),
     calib: str = typer.Option("pydoc", help="int4 gptq: calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    act_order: bool = typer.Option(True, help="int4 gptq: quantise columns by decreasing input energy (static group scales)"),
+    damp: float = typer.Option(0.01, help="int4 gptq: Hessian dampening, as a fraction of its mean diagonal"),
+    eight_bit_budget: float = typer.Option(0.04, help="int4 gptq: share of linear weights that may stay 8-bit (worst layers first)"),
     verify: bool = typer.Option(True, help="compare with the PyTorch model it was exported from"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
@@ -484,7 +487,8 @@ def quantize(
 
     from edgeprune.data import CalibConfig
 
-    config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib), head_bits=head_bits)
+    config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib), head_bits=head_bits,
+                            act_order=act_order, damp=damp, eight_bit_budget=eight_bit_budget)
     _set_threads(threads)
     with _Display():
         report = run_quantize(onnx_dir, out, config, verify=verify, overwrite=overwrite)

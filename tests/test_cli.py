@@ -301,3 +301,48 @@ def test_threads_option_sets_the_thread_count(tiny_llama_dir, tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _field_default(cls, path: str):
+    import dataclasses
+
+    value = cls()
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value if not dataclasses.is_dataclass(value) else None
+
+
+@pytest.mark.parametrize("command, config, names", [
+    ("prune", "edgeprune.pruning:PruneConfig", {"method": "method", "sparsity": "sparsity", "calib": "calib.source",
+                                                 "samples": "calib.samples", "seqlen": "calib.seqlen", "seed": "calib.seed",
+                                                 "torch_device": "device", "permute": "permute"}),
+    ("quantize", "edgeprune.onnx:QuantizeConfig", {"scheme": "scheme", "block_size": "block_size", "symmetric": "symmetric",
+                                                   "quantize_head": "head", "head_bits": "head_bits", "method": "method",
+                                                   "calib": "calib.source", "act_order": "act_order", "damp": "damp",
+                                                   "eight_bit_budget": "eight_bit_budget"}),
+    ("export", "edgeprune.onnx:QuantizeConfig", {"block_size": "block_size", "symmetric": "symmetric", "quantize_head": "head",
+                                                 "int4_method": "method", "head_bits": "head_bits"}),
+    ("export", "edgeprune.onnx:ExportConfig", {"pooling": "pooling", "verify": "verify", "ort_format": "ort_format", "fuse": "fuse"}),
+    ("nm", "edgeprune.pruning.convert:NMConfig", {"pattern": "pattern", "method": "method", "calib": "calib.source",
+                                                   "samples": "calib.samples", "seqlen": "calib.seqlen", "permute": "permute",
+                                                   "compare": "compare"}),
+    ("structured", "edgeprune.structured:StructuredConfig", {"score": "score", "search": "search", "reform": "reform",
+                                                              "drop_blocks": "drop_blocks", "calib": "calib.source",
+                                                              "samples": "calib.samples", "seqlen": "calib.seqlen",
+                                                              "generations": "generations", "population": "population",
+                                                              "seed": "seed"}),
+    ("eval", "edgeprune.evaluation:EvalConfig", {"text": "text", "seqlen": "seqlen", "max_windows": "max_windows",
+                                                  "torch_device": "device"}),
+])
+def test_cli_defaults_are_the_config_defaults(command, config, names):
+    """One setting, one default: each CLI option that sets a config field starts from that field's default."""
+    import importlib
+
+    import typer
+
+    module, cls_name = config.split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
+    for option, field_path in names.items():
+        assert option in params, f"{command} has no --{option.replace('_', '-')}"
+        assert params[option].default == _field_default(cls, field_path), f"{command} --{option} vs {cls_name}.{field_path}"

@@ -40,7 +40,7 @@ INT4_METHODS = ("gptq", "rtn")
 class QuantizeConfig:
     """Weight quantisation after export: int8 (dynamic, per output channel) or int4 (MatMulNBits, block-wise)."""
 
-    scheme: str = "int8"
+    scheme: str = "int4"  # as `edgeprune quantize` (tests/test_cli.py checks that CLI and config defaults agree)
     block_size: int = 32  # int4: weights per scale along the input dimension
     symmetric: bool = True  # int4: symmetric codes (zero point 8) or an asymmetric zero point per block
     head: bool = True  # also the token embedding and the LM head (one shared block table when tied; int8: 8 bits)
@@ -61,6 +61,8 @@ class QuantizeConfig:
             raise EdgepruneError(f"int4 block size {self.block_size} is not a power of two >= 16", "use 32, 64 or 128")
         if not 0 <= self.eight_bit_budget < 1:
             raise EdgepruneError(f"eight_bit_budget {self.eight_bit_budget} is not in [0, 1)", "use e.g. 0.04, or 0 for all 4-bit")
+        if not self.damp > 0:
+            raise EdgepruneError(f"GPTQ damp {self.damp} is not positive", "use e.g. --damp 0.01 (a fraction of the Hessian's mean diagonal)")
         if self.head_bits not in (4, 8):
             raise EdgepruneError(f"head bits {self.head_bits} is not 4 or 8", "use head_bits = 8 (quality) or 4 (size)")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
