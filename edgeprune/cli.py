@@ -105,12 +105,9 @@ class _Display:
                 self._finish()
             self.progress.stop()
 
-    def _finish(self) -> None:
-        task = self.progress.tasks[-1]
-        if task.total is None:
-            self.progress.update(self.task, total=1, completed=1)
-        else:
-            self.progress.update(self.task, completed=task.total)
+    def _finish(self) -> None:  # the current phase is over: full bar, spinner turns into a tick
+        total = self.progress.tasks[-1].total  # the current phase is always the last task added
+        self.progress.update(self.task, total=total or 1, completed=total or 1)
 
     def status(self, text: str, done: int | None = None, total: int | None = None) -> None:
         if self.progress is None:

@@ -24,9 +24,10 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def check_writable(out: str | os.PathLike) -> None:
-    """The folders above ``out`` are folders (or can be made), and the nearest existing one takes a new entry."""
+    """The folders above ``out`` are folders (or can be made), and the nearest existing one (``out`` itself when it is an
+    existing folder, as when a run resumes) takes a new entry."""
     out = Path(out)
-    parent = out.absolute().parent
+    parent = out.absolute() if out.is_dir() else out.absolute().parent
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():

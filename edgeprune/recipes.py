@@ -583,9 +583,6 @@ def run_recipe(
     check_writable(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test.{os.getpid()}.tmp"
-        probe.write_text("")
-        probe.unlink()
     except OSError as exc:
         raise EdgepruneError(f"cannot write to '{out}': {exc.strerror}", "choose a writable --out with free space") from None
     run = _Run(recipe, out, loaded_devices, progress, device_specs if needs_devices else ())
