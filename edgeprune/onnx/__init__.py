@@ -51,6 +51,7 @@ class QuantizeConfig:
     act_order: bool = True  # int4 gptq: columns by decreasing input energy, with static group scales
     eight_bit_budget: float = 0.04  # int4 gptq: share of linear weights that may stay at 8 bits (largest GPTQ error first)
     damp: float = 0.01  # int4 gptq: Hessian dampening, as a fraction of its mean diagonal
+    pack: bool = True  # int4: linears that read the same input (q/k/v, gate/up) become one MatMulNBits + Split
 
     def __post_init__(self):
         if self.method not in INT4_METHODS:
@@ -212,7 +213,7 @@ def _check(report: ExportReport, config: ExportConfig) -> None:
 
 def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_inits: dict[str, str], layers, patterns) -> QuantReport:
     """Write the quantised graph to ``dst``, check the pruned zeros in it, and measure it against PyTorch."""
-    from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph
+    from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph, stage_groups
     from edgeprune.onnx.verify import verify_decoder, verify_encoder
 
     q = config.quantize
@@ -223,13 +224,15 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
         codes = calibrate_int4(loaded, q)
         gptq_seconds = round(time.perf_counter() - start, 1)
     status(f"writing the {q.scheme} graph")
-    head = quantize_graph(onnx_path, dst, q, external, (fp32_inits, codes) if codes else None)
+    packing = [[fp32_inits[n] for n in group] for group in stage_groups(loaded) if all(n in fp32_inits for n in group)]
+    head, packed = quantize_graph(onnx_path, dst, q, external, (fp32_inits, codes) if codes else None,
+                                  packing if q.scheme == "int4" and q.pack else None)
     settings = {"ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
     if q.scheme == "int8":
         settings |= {"per_channel": True, "weights": "int8 symmetric"}
     else:
         settings |= {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
-                     "method": q.method if codes else "rtn"}
+                     "method": q.method if codes else "rtn", "packed_matmuls": packed}
     if codes:
         settings |= {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
                      "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in codes.layers.items() if c[2] == 8)}

@@ -9,6 +9,10 @@ pass replaces each block's attention core, from the q/k/v projections to the o_p
 then drops what no output needs. The q/k/v/o ``MatMul`` nodes and their weights are left exactly as
 they were, so the sparsity checks and the quantiser see the same linears.
 
+RMSNorm: the exported ``Pow → ReduceMean → Add(eps) → Sqrt → Div → Mul → Mul(weight)`` chain becomes ONNX Runtime's
+``SimplifiedLayerNormalization``, and with the residual ``Add`` in front of it ``com.microsoft.SkipSimplifiedLayerNormalization``
+(its fourth output is the residual sum the next block reads), as the GenAI model builder writes them (:func:`fuse_norms`).
+
 Padding: the kernel is told that every row holds the whole sequence (``seqlens_k`` = total length - 1) and
 an additive ``attention_bias`` built from ``attention_mask`` hides the padded keys, while ``position_ids`` (kept
 as an input, as optimum's graph has it) places each token for RoPE. So left-padded batches, as optimum's
@@ -37,6 +41,8 @@ class FuseReport:
     nodes_before: int
     nodes_after: int
     reason: str | None = None
+    norms: int = 0  # RMSNorms fused (SimplifiedLayerNormalization)
+    skip_norms: int = 0  # of which with their residual Add (SkipSimplifiedLayerNormalization)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,6 +213,9 @@ def fuse_attention(onnx_path: Path, model, adapter) -> FuseReport:
     tidy.topological_sort()
     graph.value_info.clear()  # stale shapes of removed tensors
     graph.value_info.extend(attn_info)
+    norms, skip_norms = fuse_norms(graph_model, float_type)
+    tidy.prune_graph()  # the chains the norms replaced
+    tidy.topological_sort()
     if not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
         graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
@@ -217,5 +226,118 @@ def fuse_attention(onnx_path: Path, model, adapter) -> FuseReport:
     except Exception as exc:
         tmp.unlink(missing_ok=True)
         raise EdgepruneError(f"could not write the fused graph ({type(exc).__name__}: {exc})", "export with --no-fuse") from None
-    return FuseReport(attention=ATTENTION_OP, layers=n_layers, nodes_before=before, nodes_after=len(graph.node))
+    return FuseReport(attention=ATTENTION_OP, layers=n_layers, nodes_before=before, nodes_after=len(graph.node),
+                      norms=norms, skip_norms=skip_norms)
+
+
+def fuse_norms(graph_model, float_type: int) -> tuple[int, int]:
+    """Rewrite the exported RMSNorm chains in place; returns (norms fused, of which with their residual Add).
+
+    Matched from each ``Pow(x, 2)``: ``ReduceMean`` over the last axis → ``Add(eps)`` → ``Sqrt`` → ``Div(1, ·)`` →
+    ``Mul(x, ·)`` → (float→float ``Cast``) → ``Mul(weight, ·)``, where ``x`` may itself be a no-op float ``Cast`` of the
+    norm's input. When that input is an ``Add`` of two computed tensors (the residual stream), the Add is folded in:
+    ``SkipSimplifiedLayerNormalization(a, b, weight)`` whose fourth output (a + b) replaces the Add's output for
+    every other reader. Nodes left without readers are dropped by the caller's graph pruning. The new outputs get
+    typed value_info (``float_type``), so onnx shape inference (the int8 quantiser) can see through these ops.
+    """
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = graph_model.graph
+    inits = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def const(name):
+        n = producer.get(name)
+        if n is not None and n.op_type == "Constant":
+            return numpy_helper.to_array(n.attribute[0].t)
+        t = next((t for t in graph.initializer if t.name == name), None)
+        return numpy_helper.to_array(t) if t is not None else None
+
+    def scalar(name) -> float | None:
+        value = const(name)
+        return float(value.ravel()[0]) if value is not None and value.size == 1 else None
+
+    def only_reader(name, op):
+        users = readers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op else None
+
+    def float_cast(n) -> bool:
+        return n is not None and n.op_type == "Cast" and n.attribute[0].i == TensorProto.FLOAT
+
+    fused, skipped, drop, add_nodes, renames, typed = 0, 0, set(), {}, {}, []
+    for pow_ in [n for n in graph.node if n.op_type == "Pow"]:
+        if scalar(pow_.input[1]) != 2.0:
+            continue
+        x = pow_.input[0]
+        mean = only_reader(pow_.output[0], "ReduceMean")
+        axes = const(mean.input[1]) if mean is not None and len(mean.input) > 1 else None
+        if mean is None or axes is None or list(np.ravel(axes)) != [-1]:
+            continue
+        add = only_reader(mean.output[0], "Add")
+        eps = scalar(add.input[1]) if add is not None else None
+        sqrt = only_reader(add.output[0], "Sqrt") if add is not None else None
+        div = only_reader(sqrt.output[0], "Div") if sqrt is not None else None
+        if eps is None or div is None or div.input[1] != sqrt.output[0] or scalar(div.input[0]) != 1.0:
+            continue
+        scale = only_reader(div.output[0], "Mul")
+        if scale is None or x not in scale.input:
+            continue
+        chain = [pow_, mean, add, sqrt, div, scale]
+        last = scale
+        cast = only_reader(scale.output[0], "Cast")
+        if float_cast(cast):
+            chain.append(cast)
+            last = cast
+        weigh = only_reader(last.output[0], "Mul")
+        weight = next((i for i in weigh.input if i in inits), None) if weigh is not None else None
+        if weight is None:
+            continue
+        chain.append(weigh)
+        source, x_cast = x, producer.get(x)
+        if float_cast(x_cast):
+            source = x_cast.input[0]
+        residual = producer.get(source)
+        inputs = [x, weight]
+        op, domain, outputs = "SimplifiedLayerNormalization", "", [weigh.output[0]]
+        if (residual is not None and residual.op_type == "Add" and len(residual.input) == 2
+                and not any(i in inits or const(i) is not None for i in residual.input)):
+            op, domain = "SkipSimplifiedLayerNormalization", "com.microsoft"
+            inputs = [residual.input[0], residual.input[1], weight]
+            outputs = [weigh.output[0], "", "", x]  # the sum, under the name the norm and the next residual read
+            drop.add(id(residual))
+            if float_cast(x_cast):
+                drop.add(id(x_cast))
+                renames[source] = x  # other readers of the Add's own output
+            skipped += 1
+        node = helper.make_node(op, inputs, outputs, name=weigh.name.rsplit("/", 1)[0] + "/" + op, epsilon=eps,
+                                **({"axis": -1, "stash_type": 1} if op == "SimplifiedLayerNormalization" else {}))
+        node.domain = domain
+        add_nodes[id(weigh)] = node
+        width = next(t.dims for t in graph.initializer if t.name == weight)
+        typed += [helper.make_tensor_value_info(o, float_type, ["batch_size", "sequence_length", *width]) for o in outputs if o]
+        drop.update(id(n) for n in chain if n is not weigh)
+        fused += 1
+    if not fused or renames.keys() & {o.name for o in graph.output}:
+        return 0, 0  # nothing matched, or a residual sum is also a graph output: the graph stays as it was
+    nodes = []
+    for n in graph.node:
+        if id(n) in drop:
+            continue
+        n = add_nodes.get(id(n), n)
+        for k, i in enumerate(n.input):
+            if i in renames:
+                n.input[k] = renames[i]
+        nodes.append(n)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    known = {v.name for v in graph.value_info}
+    graph.value_info.extend(v for v in typed if v.name not in known)
+    if skipped and not any(o.domain == "com.microsoft" for o in graph_model.opset_import):
+        graph_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fused, skipped
 

@@ -5,11 +5,16 @@ pruned zeros survive it: a weight that was exactly zero must dequantise to exact
 int8: dynamic quantisation, per output channel, symmetric int8 weights (MatMulInteger).
 int4: block-wise MatMulNBits along the input dimension (block_size, symmetric or not); with
 ``head`` also the token embedding (GatherBlockQuantized) and the LM head, which share one
-4-bit table when the model ties them (the tied head is otherwise an fp32 MatMul on a Transpose).
+table (codes and scales stored once) when the model ties them (the tied head is otherwise an fp32
+MatMul on a Transpose). The linears of a stage that read the same input (q/k/v; gate/up) are then
+packed into one MatMulNBits and split after it, as the GenAI model builder packs q/k/v; which rows of a
+packed weight belong to which linear is kept in the model's metadata (``edgeprune.packed``), so the
+zero and N:M checks still see every linear.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,11 +71,18 @@ class CalibratedInt4:
     """What :func:`calibrate_int4` computed, in MatMulNBits' layout.
 
     ``layers``: layer → (B [out, in/block, block·bits/8] uint8, scales [out, in/block], bits 4 or 8).
-    ``head``: the tied LM head's own 4-bit (B, scales), or None.
+    ``head``: the tied LM head's 4-bit (B, scales), or None; the embedding lookup shares them.
     """
 
     layers: dict[str, tuple[np.ndarray, np.ndarray, int]]
     head: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def stage_groups(loaded) -> list[list[str]]:
+    """The prunable linears grouped by what they read (per block: q/k/v, o, gate/up, down for Llama), by layer name."""
+    adapter, model = loaded.adapter, loaded.model
+    return [[f"{adapter.block_prefix(model, b)}.{name}" for name in stage]
+            for b, block in enumerate(adapter.blocks(model)) for stage in adapter.stages(block)]
 
 
 def _packed(grid, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +99,9 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     already-quantised blocks before it); pruned (exactly zero) weights are held at code 0 and their
     removal error is spread as well. Then the layers with the largest relative output error
     ‖ΔW X‖² / ‖W X‖² are stored at 8 bits instead (round to nearest, lossless in practice), as long as
-    they fit in ``config.eight_bit_budget`` of the parameters. With a 4-bit head, a tied LM head gets its
-    own GPTQ codes from the final hidden states. The loaded model is not changed.
+    they fit in ``config.eight_bit_budget`` of the parameters; a stage (linears that read the same input, such
+    as q/k/v) moves as one, so it keeps one bit width and stays packable. With a 4-bit head, a tied LM head gets
+    GPTQ codes from the final hidden states, which the embedding lookup then shares. The loaded model is not changed.
     """
     import copy
 
@@ -148,12 +161,14 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
         _, grid = gptq_int4(head.weight.data.float(), h.value, config.block_size, config.act_order, config.damp)
         out.head = _packed(grid, config.block_size)
     budget = config.eight_bit_budget * sum(w.numel() for w in originals.values())
-    for name in sorted(errors, key=errors.get, reverse=True):
-        size = originals[name].numel()
+    groups = [[n for n in group if n in errors] for group in stage_groups(loaded)]
+    for group in sorted((g for g in groups if g), key=lambda g: max(errors[n] for n in g), reverse=True):
+        size = sum(originals[n].numel() for n in group)
         if size <= budget:
             budget -= size
-            codes, scales = quantize_rows(originals[name].float().numpy(), config.block_size, 8)
-            out.layers[name] = (codes, scales.astype(np.float32), 8)
+            for name in group:
+                codes, scales = quantize_rows(originals[name].float().numpy(), config.block_size, 8)
+                out.layers[name] = (codes, scales.astype(np.float32), 8)
     return out
 
 
@@ -184,11 +199,14 @@ def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tupl
 
 
 def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: bool,
-                   calibrated: tuple[dict[str, str], CalibratedInt4] | None = None) -> dict | None:
-    """Write a weight-quantised copy of ``src`` to ``dst``; returns what :func:`quantize_token_embedding` did, if anything.
+                   calibrated: tuple[dict[str, str], CalibratedInt4] | None = None,
+                   packing: list[list[str]] | None = None) -> tuple[dict | None, int]:
+    """Write a weight-quantised copy of ``src`` to ``dst``; returns what :func:`quantize_token_embedding` did (if
+    anything) and how many packed MatMulNBits were written.
 
     ``calibrated`` = (layer → initializer, codes) replaces the round-to-nearest int4 codes of those layers
-    (and of a tied head) with calibrated ones (see :func:`calibrate_int4`)."""
+    (and of a tied head) with calibrated ones (see :func:`calibrate_int4`). ``packing``: int4 only, groups of
+    float initializer names read by the same input, each packed into one MatMulNBits (:func:`pack_matmuls`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if config.scheme == "int8":
@@ -204,14 +222,14 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
         finally:
             root.setLevel(level)
         if not config.head:
-            return None
+            return None, 0
         import onnx
 
         model = onnx.load(str(dst))
         head = quantize_token_embedding(model, config.block_size, 0, 8)
         if head is not None:
             onnx.save(model, str(dst), save_as_external_data=external_data, all_tensors_to_one_file=True, location=f"{dst.name}.data")
-        return head
+        return head, 0
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -233,8 +251,79 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
         replaced = replace_int4_weights(quantizer.model.model, layers, codes.layers, config.block_size)
         if replaced != len(codes.layers):
             raise RuntimeError(f"calibrated int4 codes fit {replaced} of {len(codes.layers)} MatMulNBits layers")  # a bug, not input
+    packed = pack_matmuls(quantizer.model.model, packing) if packing else 0
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
-    return head
+    return head, packed
+
+
+PACKED_KEY = "edgeprune.packed"  # model metadata: packed B initializer → [[float initializer, first row, rows], ...]
+
+
+def packed_rows(model) -> dict[str, tuple[str, int, int]]:
+    """float initializer → (packed B initializer, first row, rows) for every linear :func:`pack_matmuls` packed."""
+    entry = next((p.value for p in model.metadata_props if p.key == PACKED_KEY), None)
+    return {init: (packed, start, rows) for packed, parts in json.loads(entry or "{}").items() for init, start, rows in parts}
+
+
+def pack_matmuls(model, groups: list[list[str]]) -> int:
+    """Pack each group of MatMulNBits (float initializer names; same input, bits, block size, accuracy, no zero
+    points) into one node whose output a ``Split`` hands back under the original names; returns nodes packed.
+
+    Fewer, larger kernels: decode reads the same bytes in one call instead of three (q/k/v) or two (gate/up).
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    by_weight = {n.input[1]: n for n in graph.node if n.op_type == "MatMulNBits"}
+    table = json.loads(next((p.value for p in model.metadata_props if p.key == PACKED_KEY), None) or "{}")
+    replace, drop, unused = {}, set(), set()
+    for group in groups:
+        nodes = [by_weight.get(f"{init}_Q4") for init in group]
+        if len(nodes) < 2 or any(n is None for n in nodes):
+            continue
+        attrs = [{a.name: a.i for a in n.attribute} for n in nodes]
+        same = {k: {a.get(k) for a in attrs} for k in ("K", "bits", "block_size", "accuracy_level")}
+        if (any(len(v) != 1 for v in same.values()) or len({n.input[0] for n in nodes}) != 1
+                or any(len(n.input) > 3 and any(n.input[3:]) for n in nodes)):
+            continue
+        k, block = attrs[0]["K"], attrs[0]["block_size"]
+        rows = [a["N"] for a in attrs]
+        b = np.concatenate([numpy_helper.to_array(inits[n.input[1]]).reshape(r, -1) for n, r in zip(nodes, rows)])
+        sc = np.concatenate([numpy_helper.to_array(inits[n.input[2]]).reshape(r, -1) for n, r in zip(nodes, rows)])
+        name = f"{group[0]}_packed_Q4"
+        blocks = -(-k // block)
+        graph.initializer.extend([numpy_helper.from_array(b.reshape(sum(rows), blocks, -1), name),
+                                  numpy_helper.from_array(sc, name + "_scales")])
+        base = nodes[0].name.rsplit("/", 2)[0] if nodes[0].name.count("/") >= 2 else nodes[0].name
+        out = f"{base}/packed_MatMulNBits_output_0"
+        first = helper.make_node("MatMulNBits", [nodes[0].input[0], name, name + "_scales"], [out], name=f"{base}/packed_MatMulNBits",
+                                 domain="com.microsoft", K=k, N=sum(rows), bits=attrs[0].get("bits", 4), block_size=block,
+                                 **({"accuracy_level": attrs[0]["accuracy_level"]} if attrs[0].get("accuracy_level") else {}))
+        sizes = f"{base}/packed_split_sizes"
+        graph.initializer.append(numpy_helper.from_array(np.array(rows, np.int64), sizes))
+        split = helper.make_node("Split", [out, sizes], [n.output[0] for n in nodes], name=f"{base}/packed_Split", axis=-1)
+        replace[id(nodes[0])] = [first, split]
+        drop.update(id(n) for n in nodes[1:])
+        starts = np.cumsum([0] + rows[:-1])
+        table[name] = [[init, int(st), int(r)] for init, st, r in zip(group, starts, rows)]
+        unused.update(i for n in nodes for i in n.input[1:3])
+    if not replace:
+        return 0
+    nodes = []
+    for n in graph.node:
+        if id(n) in drop:
+            continue
+        nodes.extend(replace.get(id(n), [n]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for t in [t for t in graph.initializer if t.name in unused]:
+        graph.initializer.remove(t)
+    props = [p for p in model.metadata_props if p.key != PACKED_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    model.metadata_props.add(key=PACKED_KEY, value=json.dumps(table))
+    return len(replace)
 
 
 def quantize_rows(weight: np.ndarray, block: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -259,9 +348,10 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
     """Quantise the token embedding (the Gather reading ``input_ids``) to ``bits`` (4 or 8) in place, and the LM head with it.
 
     A tied head appears in the export as ``MatMul(x, Transpose(embedding))``; it becomes a MatMulNBits that
-    reads the same packed table as the GatherBlockQuantized, so the file holds the table once (scales twice,
-    as the two ops want them in different shapes). Returns what was done, or None when the graph has no
-    such embedding or its width is not a multiple of ``block``.
+    reads the same packed table as the GatherBlockQuantized, so the file holds the codes and the scales once
+    (the lookup reads the scales through a Reshape, which ONNX Runtime folds at load). ``head_codes``: 4-bit
+    codes calibrated for the head (:func:`calibrate_int4`), used by both instead of round-to-nearest.
+    Returns what was done, or None when the graph has no such embedding or its width is not a multiple of ``block``.
     """
     from onnx import helper, numpy_helper
 
@@ -275,17 +365,15 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
     if weight.ndim != 2 or weight.shape[1] % block or weight.dtype != np.float32:
         return None
     rows, cols = weight.shape
-    packed, scales = quantize_rows(weight, block, bits)
+    packed, scales = quantize_rows(weight, block, bits) if head_codes is None else head_codes
+    packed = packed.reshape(rows, cols // block, -1)
     q_name, s_name = table + f"_Q{bits}", table + "_scales"
-    head_q, head_s = q_name, s_name
-    if head_codes is not None:  # the head gets its own (calibrated) 4-bit codes; the lookup keeps round-to-nearest
-        head_q, head_s = table + "_head_Q4", table + "_head_scales"
-        graph.initializer.extend([numpy_helper.from_array(head_codes[0], head_q), numpy_helper.from_array(head_codes[1], head_s)])
     graph.initializer.extend([
         numpy_helper.from_array(packed, q_name),
-        numpy_helper.from_array(scales[..., None], s_name + "_3d"),  # GatherBlockQuantized: one per (row, block)
+        numpy_helper.from_array(np.ascontiguousarray(scales.reshape(rows, cols // block), dtype=np.float32), s_name),
+        numpy_helper.from_array(np.array([rows, cols // block, 1], np.int64), table + "_scales_shape"),
         numpy_helper.from_array(np.array([0] * 2 + [cols], np.int64), table + "_gather_shape"),
-    ] + ([numpy_helper.from_array(scales, s_name)] if head_codes is None else []))  # MatMulNBits' [rows, blocks], when shared
+    ])
 
     def transposed(node) -> bool:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
@@ -297,14 +385,14 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
         if node is gather:
             # Codes gathered as [.., blocks, block], then back to [.., cols]; ids are [batch, seq] in these graphs.
             new_nodes += [
+                helper.make_node("Reshape", [s_name, table + "_scales_shape"], [s_name + "_3d"], name=node.name + "_Q_scales"),
                 helper.make_node("GatherBlockQuantized", [q_name, node.input[1], s_name + "_3d"], [node.output[0] + "_blocks"],
                                  name=node.name + "_Q4", domain="com.microsoft", gather_axis=0, quantize_axis=2, block_size=block, bits=bits),
                 helper.make_node("Reshape", [node.output[0] + "_blocks", table + "_gather_shape"], [node.output[0]], name=node.name + "_Q4_reshape"),
             ]
         elif node.op_type == "MatMul" and node.input[1] in heads:
-            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], head_q, head_s], list(node.output), name=node.name + "_Q4",
-                                              domain="com.microsoft", K=cols, N=rows, bits=4 if head_codes is not None else bits,
-                                              block_size=block,
+            new_nodes.append(helper.make_node("MatMulNBits", [node.input[0], q_name, s_name], list(node.output), name=node.name + "_Q4",
+                                              domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
                                               **({"accuracy_level": accuracy_level} if accuracy_level else {})))
             tied_heads += 1
         else:
@@ -315,11 +403,12 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
     graph.node.extend(new_nodes)
     used = {i for n in new_nodes for i in n.input}
     for t in [t for t in graph.initializer if t.name not in used and (t.name == table or t.name.startswith(table + "_"))]:
-        graph.initializer.remove(t)  # the float table once nothing reads it; the head's scales when the head is not tied
+        graph.initializer.remove(t)  # the float table once nothing reads it
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return {"table": table, "shape": [rows, cols], "tied_heads": tied_heads, "block_size": block, "bits": bits,
-            "head": "separate 4-bit table (GPTQ)" if head_codes is not None and tied_heads else "shared table"}
+            "head": ("shared table (GPTQ codes for the head)" if head_codes is not None else "shared table") if tied_heads
+            else "lookup only"}
 
 
 def _nibbles(packed: np.ndarray, count: int) -> np.ndarray:
@@ -345,17 +434,20 @@ def zero_codes(model, base: Path, initializer: str, scheme: str) -> np.ndarray |
         if zp.size > 1:  # per channel: along whichever axis it matches
             zp = zp.reshape(1, -1) if zp.size == q.shape[1] else zp.reshape(-1, 1)
         return (q == zp).T  # MatMulInteger weight is [in, out]
-    node = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[1] == initializer + "_Q4"), None)
+    weight, start, rows = packed_rows(model).get(initializer, (initializer + "_Q4", 0, None))
+    node = next((n for n in model.graph.node if n.op_type == "MatMulNBits" and n.input[1] == weight), None)
     if node is None:
         return None
     attrs = {a.name: a.i for a in node.attribute}
     k, n, block, bits = attrs["K"], attrs["N"], attrs["block_size"], attrs.get("bits", 4)
+    rows = n if rows is None else rows
+    b = arr(node.input[1]).reshape(n, -1)[start:start + rows]  # a packed node: this linear's rows only
     if bits == 8:  # a layer kept at 8 bits: one byte per code, zero point 128
-        return arr(node.input[1]).reshape(n, -1)[:, :k] == np.uint8(128)
-    codes = _nibbles(arr(node.input[1]).reshape(n, -1), k)  # [N, K]: out, in
+        return b[:, :k] == np.uint8(128)
+    codes = _nibbles(b, k)  # [N, K]: out, in
     if len(node.input) > 3 and node.input[3]:
         k_blocks = -(-k // block)
-        zp = _nibbles(arr(node.input[3]).reshape(n, -1), k_blocks)
+        zp = _nibbles(arr(node.input[3]).reshape(n, -1)[start:start + rows], k_blocks)
         zp = np.repeat(zp, block, axis=1)[:, :k]
     else:
         zp = np.uint8(8)  # MatMulNBits' default zero point for symmetric 4-bit codes
