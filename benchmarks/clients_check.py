@@ -33,7 +33,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from edgeprune.data import pydoc_text
-    from edgeprune.onnx.verify import OrtDecoder, session
+    from edgeprune.onnx.session import OrtDecoder, session
 
     hf = AutoTokenizer.from_pretrained(args.folder)
     texts = [p for p in pydoc_text("eval").split("\n\n") if len(p) > 200][: args.paragraphs]

@@ -50,7 +50,7 @@ class Int4Benchmark:
 
 
 def _time_decoder(sess, prompt: np.ndarray, new_tokens: int, repeats: int) -> tuple[float, float, list[int]]:
-    from edgeprune.onnx.verify import OrtDecoder
+    from edgeprune.onnx.session import OrtDecoder
 
     decoder = OrtDecoder(sess)
     decoder.step(prompt, np.ones_like(prompt), decoder.empty_past(1))  # warm-up: allocations, prepacking
@@ -77,7 +77,8 @@ def run(model: str, out: Path, threads: int, prompt_tokens: int, decode_tokens: 
     from edgeprune.evaluation import perplexity
     from edgeprune.models.loading import load_model
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export
-    from edgeprune.onnx.evaluate import load_session, onnx_perplexity
+    from edgeprune.onnx.evaluate import onnx_perplexity
+    from edgeprune.onnx.session import load_session
     from edgeprune.onnx.quantization import quantize_graph
 
     torch.set_num_threads(threads)  # the ORT sessions take their thread count from torch's

@@ -17,7 +17,7 @@ import onnx  # noqa: E402
 from edgeprune.data import pydoc_text  # noqa: E402
 from edgeprune.onnx import ExportConfig, QuantizeConfig, export, quantize  # noqa: E402
 from edgeprune.onnx.genai import GENAI_CONFIG, gpt2_tokenizer  # noqa: E402
-from edgeprune.onnx.verify import OrtDecoder, session  # noqa: E402
+from edgeprune.onnx.session import OrtDecoder, session  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 NEW_TOKENS = 20

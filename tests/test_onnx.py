@@ -19,7 +19,7 @@ from conftest import error_line, make_tiny_smollm3, no_leftovers  # noqa: E402
 from edgeprune.cli import app  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.onnx import ExportConfig, export  # noqa: E402
-from edgeprune.onnx.verify import OrtDecoder, session  # noqa: E402
+from edgeprune.onnx.session import OrtDecoder, load_session, session  # noqa: E402
 from edgeprune.onnx.weights import check_sparsity  # noqa: E402
 from edgeprune.sparsity import is_nm  # noqa: E402
 
@@ -604,9 +604,6 @@ def test_ort_format_files_load_and_run(tiny_llama_dir, tmp_path):
 
 
 def _logit_error(folder: Path, reference, ids: np.ndarray) -> float:
-    from edgeprune.onnx.evaluate import load_session
-    from edgeprune.onnx.verify import OrtDecoder
-
     decoder = OrtDecoder(load_session(folder / "model.onnx"))
     logits, _, _ = decoder.step(ids, np.ones_like(ids), decoder.empty_past(1))
     with torch.no_grad():

@@ -233,6 +233,18 @@ def test_structured_folder_reloads_as_its_own_architecture(arch, tiny_tokenizer,
         assert torch.equal(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
+def test_every_auto_map_entry_names_a_class_of_the_copied_modeling_file():
+    """layout.AUTO_MAP lives apart from modeling_edgeprune.py (which imports layout): each class it names must be there."""
+    from pathlib import Path
+
+    from edgeprune.structured import layout, modeling_edgeprune
+
+    assert layout.MODELING_FILE == Path(modeling_edgeprune.__file__)
+    for model_type, (auto_class, class_name) in layout.AUTO_MAP.items():
+        assert issubclass(getattr(modeling_edgeprune, class_name), modeling_edgeprune._Resized), model_type
+        assert auto_class in ("AutoModelForCausalLM", "AutoModel")
+
+
 def test_folder_with_heads_removed_evaluates_and_prunes_with_attention(gqa_llama_dir, tiny_tokenizer, tmp_path):
     """Head counts come from each block's weights, not the dense config: the adapter's attention equals the reloaded
     model's own, evaluation compares attention with a same-shaped reference, and the attention method prunes it."""

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.progress import status
-from edgeprune.onnx import METADATA_FILE, ONNX_FILE
+from edgeprune.onnx import METADATA_FILE
+from edgeprune.onnx.configs import ONNX_FILE
+from edgeprune.onnx.session import OrtDecoder, load_session
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
@@ -45,29 +47,6 @@ def dense_reference(meta: dict) -> str | None:
     return (meta.get("pruning") or {}).get("source_model") or (meta.get("export") or {}).get("source")
 
 
-def load_session(path: Path):
-    """An ORT session for ``path`` (.onnx or .ort); a missing, truncated or invalid file is a one-line error."""
-    from edgeprune.onnx.verify import session
-
-    if not path.is_file():
-        there = sorted(p.name for p in path.parent.glob("*.onnx")) if path.parent.is_dir() else []
-        raise EdgepruneError(f"ONNX file '{path}' not found", f"choose one of: {', '.join(there)}" if there else "run edgeprune export first")
-    if path.suffix == ".onnx":
-        from edgeprune.onnx.graph import check_external_data
-
-        try:
-            check_external_data(path)
-        except EdgepruneError:
-            raise
-        except Exception:  # not readable by onnx: ORT's message below names the problem
-            pass
-    try:
-        return session(path)
-    except Exception as exc:  # ORT raises Fail / InvalidProtobuf / InvalidGraph / NoSuchFile; the user needs the file and cause
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise EdgepruneError(f"cannot load ONNX model '{path}': {first[:200].rstrip('.')}", "the file is truncated or corrupt; re-run edgeprune export") from None
-
-
 def _tokenizer(folder: Path):
     from transformers import AutoTokenizer
 
@@ -79,8 +58,6 @@ def _tokenizer(folder: Path):
 
 def onnx_perplexity(sess, windows: torch.Tensor) -> float:
     """exp(mean next-token NLL) over all positions of all windows, each window one prefill from an empty cache."""
-    from edgeprune.onnx.verify import OrtDecoder
-
     decoder = OrtDecoder(sess)
     nll, count = 0.0, 0
     for i, window in enumerate(windows):
@@ -120,7 +97,8 @@ def evaluate_onnx(folder: str | Path, text: str, reference: str | None = None, s
                   onnx_file: str = ONNX_FILE):
     """Evaluate ``folder/onnx_file`` with ONNX Runtime; returns an :class:`~edgeprune.evaluation.EvalResult`."""
     from edgeprune.data import eval_windows, load_text
-    from edgeprune.evaluation import EvalResult, sentence_embeddings, sentences
+    from edgeprune.evaluation.metrics import sentence_embeddings, sentences
+    from edgeprune.evaluation.results import EvalResult
 
     folder = Path(folder)
     if not folder.is_dir():

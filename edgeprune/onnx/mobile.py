@@ -40,7 +40,7 @@ def convert_to_ort(folder: Path) -> list[Path]:
     """
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
-    from edgeprune.onnx.evaluate import load_session
+    from edgeprune.onnx.session import load_session
 
     sources = sorted(folder.glob("*.onnx"))
     if not sources:

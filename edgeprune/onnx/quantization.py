@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeprune.onnx import QuantizeConfig
+from edgeprune.onnx.configs import QuantizeConfig
 from edgeprune.progress import status
 from edgeprune.sparsity import is_nm, parse_sparsity
 

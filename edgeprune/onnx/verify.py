@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeprune.onnx.session import OrtDecoder, session
+
 PROMPT = "The quick brown fox jumps over the lazy dog because"
 SENTENCES = [
     "The cat sat on the mat.",
@@ -48,56 +50,9 @@ class VerifyReport:
         return out
 
 
-def session(path: Path):
-    """An ORT CPU session with as many threads as torch uses (the caller's budget, not every core)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def _diff(a, b) -> float:
     a = a.detach().float().cpu().numpy() if isinstance(a, torch.Tensor) else a
     return float(np.abs(a.astype(np.float64) - np.asarray(b, dtype=np.float64)).max()) if a.size else 0.0
-
-
-class OrtDecoder:
-    """Greedy decoding over optimum's merged decoder graph (one model.onnx for prefill and decode)."""
-
-    def __init__(self, sess):
-        self.sess = sess
-        self.past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
-        self.input_names = {i.name for i in sess.get_inputs()}
-        first = next(i for i in sess.get_inputs() if i.name.startswith("past_key_values."))
-        self.kv_heads, self.head_dim = first.shape[1], first.shape[3]
-        self.kv_dtype = np.float16 if "float16" in first.type else np.float32
-        self.output_names = [o.name for o in sess.get_outputs()]
-
-    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype) for n in self.past_names}
-
-    def step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict, dict]:
-        """Run ids (new tokens only) given the cache; returns (logits, new cache, all outputs by name)."""
-        past_len = mask.shape[1] - ids.shape[1]
-        feeds = {"input_ids": ids, "attention_mask": mask, **past}
-        if "position_ids" in self.input_names:
-            feeds["position_ids"] = np.broadcast_to(np.arange(past_len, mask.shape[1], dtype=np.int64), ids.shape).copy()
-        outputs = dict(zip(self.output_names, self.sess.run(None, feeds)))
-        new_past = {n: outputs[n.replace("past_key_values.", "present.")] for n in self.past_names}
-        return outputs["logits"], new_past, outputs
-
-    def greedy(self, ids: np.ndarray, new_tokens: int) -> list[int]:
-        mask = np.ones_like(ids)
-        logits, past, _ = self.step(ids, mask, self.empty_past(ids.shape[0]))
-        tokens = []
-        for _ in range(new_tokens):
-            nxt = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
-            tokens.append(int(nxt[0, 0]))
-            mask = np.concatenate([mask, np.ones_like(nxt)], axis=1)
-            logits, past, _ = self.step(nxt, mask, past)
-        return tokens
 
 
 @torch.no_grad()
@@ -145,7 +100,7 @@ def verify_decoder(model, tokenizer, onnx_path: Path, new_tokens: int, atol: flo
 
 @torch.no_grad()
 def verify_encoder(model, tokenizer, onnx_path: Path, atol: float, pooling: bool) -> VerifyReport:
-    from edgeprune.evaluation import sentence_embeddings
+    from edgeprune.evaluation.metrics import sentence_embeddings
 
     report = VerifyReport(atol=atol)
     sess = session(onnx_path)

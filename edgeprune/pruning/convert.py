@@ -57,7 +57,7 @@ def convert_nm(
     config = nm.prune_config()
     compare_projection, eval_text, eval_max_windows = nm.compare, nm.eval_text, nm.eval_max_windows
     from edgeprune.data import check_text
-    from edgeprune.evaluation import perplexity
+    from edgeprune.evaluation.metrics import perplexity
     from edgeprune.models.loading import load_model
     from edgeprune.pruning import check_prune
 

@@ -20,6 +20,16 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.models.base import Adapter, Units
 
 LAYOUT_KEY = "edgeprune_layout"
+MODELING_FILE = Path(__file__).with_name("modeling_edgeprune.py")  # copied into every structured folder
+#: config.json's model_type → (auto class, class name in modeling_edgeprune.py) written into its auto_map; kept here,
+#: not in that file, because that file imports this module (and transformers' model classes)
+AUTO_MAP = {
+    "llama": ("AutoModelForCausalLM", "EdgepruneLlamaForCausalLM"),
+    "mistral": ("AutoModelForCausalLM", "EdgepruneMistralForCausalLM"),
+    "qwen2": ("AutoModelForCausalLM", "EdgepruneQwen2ForCausalLM"),
+    "smollm3": ("AutoModelForCausalLM", "EdgepruneSmolLM3ForCausalLM"),
+    "bert": ("AutoModel", "EdgepruneBertModel"),
+}
 
 
 @dataclass(frozen=True)
@@ -166,12 +176,10 @@ def model_layout(model: nn.Module, adapter: Adapter) -> list[dict]:
 
 def auto_map_entry(model_type: str) -> tuple[str, str]:
     """The auto class and the ``modeling_edgeprune.py`` class a structured folder of ``model_type`` reloads with."""
-    from edgeprune.structured import modeling_edgeprune
-
-    if model_type not in modeling_edgeprune.AUTO_MAP:
+    if model_type not in AUTO_MAP:
         raise EdgepruneError(f"structured pruning cannot write '{model_type}' models",
-                             f"structured pruning supports: {', '.join(modeling_edgeprune.AUTO_MAP)}")
-    return modeling_edgeprune.AUTO_MAP[model_type]
+                             f"structured pruning supports: {', '.join(AUTO_MAP)}")
+    return AUTO_MAP[model_type]
 
 
 def save_layout_folder(model: nn.Module, adapter: Adapter, tokenizer, folder: Path) -> None:
@@ -179,11 +187,9 @@ def save_layout_folder(model: nn.Module, adapter: Adapter, tokenizer, folder: Pa
     tokenizer and the copied ``modeling_edgeprune.py``."""
     import shutil
 
-    from edgeprune.structured import modeling_edgeprune
-
     auto_class, class_name = auto_map_entry(model.config.model_type)
     setattr(model.config, LAYOUT_KEY, model_layout(model, adapter))
     model.config.auto_map = {auto_class: f"modeling_edgeprune.{class_name}"}
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    shutil.copy2(modeling_edgeprune.__file__, Path(folder) / "modeling_edgeprune.py")
+    shutil.copy2(MODELING_FILE, Path(folder) / MODELING_FILE.name)

@@ -12,7 +12,7 @@ without RoPE), resized to the layout right after it is built.
 from transformers import BertModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, SmolLM3ForCausalLM
 
 from edgeprune.models.registry import adapter_for_model_type
-from edgeprune.structured.layout import LAYOUT_KEY, apply_layout
+from edgeprune.structured.layout import LAYOUT_KEY, apply_layout  # its AUTO_MAP names the classes below
 
 
 class _Resized:
@@ -41,13 +41,3 @@ class EdgepruneSmolLM3ForCausalLM(_Resized, SmolLM3ForCausalLM):
 
 class EdgepruneBertModel(_Resized, BertModel):
     pass
-
-
-#: config.json's model_type → (auto class, class name) written into its auto_map
-AUTO_MAP = {
-    "llama": ("AutoModelForCausalLM", "EdgepruneLlamaForCausalLM"),
-    "mistral": ("AutoModelForCausalLM", "EdgepruneMistralForCausalLM"),
-    "qwen2": ("AutoModelForCausalLM", "EdgepruneQwen2ForCausalLM"),
-    "smollm3": ("AutoModelForCausalLM", "EdgepruneSmolLM3ForCausalLM"),
-    "bert": ("AutoModel", "EdgepruneBertModel"),
-}

@@ -1,0 +1,81 @@
+"""ONNX Runtime sessions, shared by verification, evaluation and the mobile format: a CPU session with the caller's
+thread budget, a loader that turns a missing or corrupt file into a one-line error, and greedy decoding over
+optimum's merged decoder graph. A leaf: it imports nothing from edgeprune above the graph helpers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune.errors import EdgepruneError
+
+
+def session(path: Path):
+    """An ORT CPU session with as many threads as torch uses (the caller's budget, not every core)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def load_session(path: Path):
+    """An ORT session for ``path`` (.onnx or .ort); a missing, truncated or invalid file is a one-line error."""
+    if not path.is_file():
+        there = sorted(p.name for p in path.parent.glob("*.onnx")) if path.parent.is_dir() else []
+        raise EdgepruneError(f"ONNX file '{path}' not found", f"choose one of: {', '.join(there)}" if there else "run edgeprune export first")
+    if path.suffix == ".onnx":
+        from edgeprune.onnx.graph import check_external_data
+
+        try:
+            check_external_data(path)
+        except EdgepruneError:
+            raise
+        except Exception:  # not readable by onnx: ORT's message below names the problem
+            pass
+    try:
+        return session(path)
+    except Exception as exc:  # ORT raises Fail / InvalidProtobuf / InvalidGraph / NoSuchFile; the user needs the file and cause
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise EdgepruneError(f"cannot load ONNX model '{path}': {first[:200].rstrip('.')}", "the file is truncated or corrupt; re-run edgeprune export") from None
+
+
+class OrtDecoder:
+    """Greedy decoding over optimum's merged decoder graph (one model.onnx for prefill and decode)."""
+
+    def __init__(self, sess):
+        self.sess = sess
+        self.past_names = [i.name for i in sess.get_inputs() if i.name.startswith("past_key_values.")]
+        self.input_names = {i.name for i in sess.get_inputs()}
+        first = next(i for i in sess.get_inputs() if i.name.startswith("past_key_values."))
+        self.kv_heads, self.head_dim = first.shape[1], first.shape[3]
+        self.kv_dtype = np.float16 if "float16" in first.type else np.float32
+        self.output_names = [o.name for o in sess.get_outputs()]
+
+    def empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype) for n in self.past_names}
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray]) -> tuple[np.ndarray, dict, dict]:
+        """Run ids (new tokens only) given the cache; returns (logits, new cache, all outputs by name)."""
+        past_len = mask.shape[1] - ids.shape[1]
+        feeds = {"input_ids": ids, "attention_mask": mask, **past}
+        if "position_ids" in self.input_names:
+            feeds["position_ids"] = np.broadcast_to(np.arange(past_len, mask.shape[1], dtype=np.int64), ids.shape).copy()
+        outputs = dict(zip(self.output_names, self.sess.run(None, feeds)))
+        new_past = {n: outputs[n.replace("past_key_values.", "present.")] for n in self.past_names}
+        return outputs["logits"], new_past, outputs
+
+    def greedy(self, ids: np.ndarray, new_tokens: int) -> list[int]:
+        mask = np.ones_like(ids)
+        logits, past, _ = self.step(ids, mask, self.empty_past(ids.shape[0]))
+        tokens = []
+        for _ in range(new_tokens):
+            nxt = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
+            tokens.append(int(nxt[0, 0]))
+            mask = np.concatenate([mask, np.ones_like(nxt)], axis=1)
+            logits, past, _ = self.step(nxt, mask, past)
+        return tokens
