@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.metadata import RUN_SCHEMA_VERSION as SCHEMA_VERSION
 from edgeprune.progress import reporting
 from edgeprune.registry import Registry
 from edgeprune.shipped import shipped_dir
 from edgeprune.tomlconf import build, line_of, parse_set, set_path, unwrap_optional
 
-SCHEMA_VERSION = 1
 META_FILE = "meta.json"  # written last: a step folder without it is unfinished
 CONFIG_FILE = "step.json"  # the step's resolved config (not config.json: HF folders have one)
 EVAL_FILE = "eval.json"

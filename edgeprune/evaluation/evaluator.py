@@ -6,14 +6,13 @@ through ONNX Runtime, with the dense model it descends from as the reference.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from edgeprune.data import EMBEDDED, eval_windows, load_text, tokenize
 from edgeprune.errors import EdgepruneError
 from edgeprune.evaluation.metrics import attention_errors, perplexity, same_attention_shapes, sentence_embeddings, sentences
 from edgeprune.evaluation.results import EvalResult
+from edgeprune.metadata import read_metadata
 
 
 @dataclass(frozen=True)
@@ -34,10 +33,8 @@ class EvalConfig:
 
 
 def _reference_for(model_spec: str) -> str | None:
-    meta = Path(model_spec) / "edgeprune.json"
-    if meta.is_file():
-        return json.loads(meta.read_text()).get("source_model")
-    return None
+    meta = read_metadata(model_spec, fix="re-run edgeprune prune or remove the file")
+    return meta.get("source_model") if meta is not None else None
 
 
 def evaluate(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-SCHEMA_VERSION = 1
+from edgeprune.metadata import EVAL_SCHEMA_VERSION as SCHEMA_VERSION
 
 
 @dataclass

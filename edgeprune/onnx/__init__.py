@@ -8,7 +8,6 @@ zeros and N:M patterns checked on the exported weights.
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.metadata import EXPORT_SCHEMA_VERSION, METADATA_FILE, read_metadata, write_metadata
 from edgeprune.onnx.configs import INT4_METHODS, ONNX_FILE, QUANT_SCHEMES, ExportConfig, QuantizeConfig
 from edgeprune.onnx.genai import GENAI_CONFIG, write_genai_files
 from edgeprune.progress import status
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
     from edgeprune.onnx.verify import VerifyReport
     from edgeprune.onnx.weights import SparsityReport
 
-SCHEMA_VERSION = 1
-METADATA_FILE = "edgeprune.json"
 _TASKS = {"text-generation": "text-generation-with-past", "feature-extraction": "feature-extraction"}
 
 
@@ -44,7 +42,7 @@ class ExportReport:
     sparsity: SparsityReport | None = None
     quantized: QuantReport | None = None
     fused: FuseReport | None = None
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = EXPORT_SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("verify", "sparsity", "quantized", "fused")}
@@ -64,16 +62,6 @@ def _require_onnx_stack():
         raise EdgepruneError(f"ONNX export needs optimum-onnx, onnx and onnxruntime ({exc.name} is missing)",
                              "run: pip install 'edgeprune[onnx]'") from None
     return main_export
-
-
-def _source_metadata(path: Path | None) -> dict | None:
-    meta = path / METADATA_FILE if path is not None and path.is_dir() else None
-    if meta is None or not meta.is_file():
-        return None
-    try:
-        return json.loads(meta.read_text())
-    except ValueError:
-        raise EdgepruneError(f"{meta} is not valid JSON", "re-run edgeprune prune or remove the file") from None
 
 
 @contextlib.contextmanager
@@ -208,7 +196,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
 
     import torch
 
-    from edgeprune.io import atomic_dir, check_out_dir, write_json
+    from edgeprune.io import atomic_dir, check_out_dir
     from edgeprune.models.loading import load_model
     from edgeprune.onnx.weights import layer_patterns
 
@@ -225,7 +213,7 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
         raise
     except Exception as exc:  # protobuf's DecodeError and friends
         raise EdgepruneError(f"'{onnx_path}' is not a readable ONNX model ({type(exc).__name__})", "re-run edgeprune export") from None
-    meta = _source_metadata(src) or {}
+    meta = read_metadata(src, fix="re-run edgeprune prune or remove the file") or {}
     exported = meta.get("export") or {}
     if not exported.get("source"):
         raise EdgepruneError(f"'{src}' has no export record in {METADATA_FILE}", "pass a folder written by edgeprune export")
@@ -250,8 +238,8 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
         if loaded.is_decoder:
             write_genai_files(tmp, ONNX_FILE)  # rewritten from the quantised graph (and for exports older than genai_config.json)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name or p.name == GENAI_CONFIG}
-        write_json(tmp / METADATA_FILE, meta | {"export": exported | {"files": files, "quantized": report.to_dict(),
-                                                                     "quantized_from": str(src)}})
+        write_metadata(tmp, meta | {"export": exported | {"files": files, "quantized": report.to_dict(),
+                                                          "quantized_from": str(src)}})
     return report
 
 
@@ -260,7 +248,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
     import torch
 
     from edgeprune import __version__
-    from edgeprune.io import atomic_dir, check_out_dir, write_json
+    from edgeprune.io import atomic_dir, check_out_dir
     from edgeprune.models.loading import load_model
     from edgeprune.onnx.graph import add_mean_pooling
     from edgeprune.onnx.verify import verify_decoder, verify_encoder
@@ -272,7 +260,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
     task = _TASKS[loaded.adapter.task]
     if config.pooling and loaded.is_decoder:
         raise EdgepruneError("--pooling is for sentence encoders, not decoders", "drop --pooling")
-    meta = _source_metadata(loaded.path if loaded.gguf_file is None else None)
+    meta = read_metadata(loaded.path if loaded.gguf_file is None else None, fix="re-run edgeprune prune or remove the file")
 
     with atomic_dir(out, overwrite) as tmp:
         start = time.perf_counter()
@@ -322,7 +310,7 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             write_genai_files(tmp, ONNX_FILE)
         report.files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name or p.suffix == ".ort"
                         or p.name == GENAI_CONFIG or p.name == (OPS_CONFIG if config.ort_format else None)}
-        write_json(tmp / METADATA_FILE, {
+        write_metadata(tmp, {
             "edgeprune_version": __version__,
             "export": report.to_dict(),
             **({"pruning": meta} if meta is not None else {}),

@@ -8,7 +8,6 @@ the same :class:`~edgeprune.evaluation.EvalResult` as a PyTorch evaluation: perp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.progress import status
-from edgeprune.onnx import METADATA_FILE
+from edgeprune.metadata import read_metadata
 from edgeprune.onnx.configs import ONNX_FILE
 from edgeprune.onnx.session import OrtDecoder, load_session
 
@@ -30,16 +29,6 @@ def is_onnx_dir(path: str | Path) -> bool:
     if not path.is_dir() or not (path / ONNX_FILE).is_file():
         return False
     return not any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir())
-
-
-def _metadata(folder: Path) -> dict:
-    meta = folder / METADATA_FILE
-    if not meta.is_file():
-        return {}
-    try:
-        return json.loads(meta.read_text())
-    except ValueError:
-        raise EdgepruneError(f"{meta} is not valid JSON", "re-run edgeprune export") from None
 
 
 def dense_reference(meta: dict) -> str | None:
@@ -105,7 +94,7 @@ def evaluate_onnx(folder: str | Path, text: str, reference: str | None = None, s
         raise EdgepruneError(f"'{folder}' is not an exported folder", "pass the --out folder of edgeprune export")
     path = folder / onnx_file
     sess = load_session(path)
-    meta = _metadata(folder)
+    meta = read_metadata(folder, fix="re-run edgeprune export") or {}
     tokenizer = _tokenizer(folder)
     body = load_text(text, "eval")
     is_decoder = any(i.name.startswith("past_key_values.") for i in sess.get_inputs())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.metadata import read_metadata
 from edgeprune.profiling.devices import DeviceProfile, load_device
 from edgeprune.profiling.remote import SshOptions
 from edgeprune.profiling.results import Budget, Report, RunResult, VariantResult
@@ -160,12 +161,8 @@ def _find_key(data, key: str):
 
 def _quality(graph: Path, quant: str) -> dict:
     """Quality figures the folder's edgeprune.json carries (pruning, export verification, evaluation), if any."""
-    meta_path = graph.parent / "edgeprune.json"
-    if not meta_path.is_file():
-        return {}
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError:
+    meta = read_metadata(graph.parent, strict=False)
+    if meta is None:
         return {}
     out = {}
     pruning = meta.get("pruning") or {}

@@ -12,7 +12,7 @@ import statistics
 import typing
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1
+from edgeprune.metadata import PROFILE_SCHEMA_VERSION as SCHEMA_VERSION
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

@@ -19,8 +19,6 @@ from edgeprune.pruning.engine import Pruner, PruneReport, prune_model, resolve_s
 from edgeprune.pruning.registry import PRUNERS
 from edgeprune.sparsity import parse_sparsity
 
-METADATA_FILE = "edgeprune.json"
-
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -109,7 +107,8 @@ def prune(
 def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: str, calib_tokens: int, overwrite: bool, extra: dict | None = None) -> None:
     """Write the pruned model as a Hugging Face folder with ``edgeprune.json``, atomically."""
     from edgeprune import __version__
-    from edgeprune.io import atomic_dir, write_json
+    from edgeprune.io import atomic_dir
+    from edgeprune.metadata import write_metadata
 
     from edgeprune.progress import status
     from edgeprune.structured.layout import LAYOUT_KEY, save_layout_folder
@@ -141,7 +140,7 @@ def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: s
             "diagnostics": report.diagnostics,
             "permutations": report.permutations,
         } | (extra or {})
-        write_json(tmp / METADATA_FILE, meta)
+        write_metadata(tmp, meta)
 
 
 __all__ = ["PRUNERS", "PruneConfig", "PruneReport", "Pruner", "make_pruner", "prune", "prune_model", "save_pruned"]

@@ -10,13 +10,13 @@ measured on the same held-out text so the gain is reported, not assumed.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from edgeprune.data import CalibConfig, calibration_batch, eval_windows, load_text
 from edgeprune.errors import EdgepruneError
+from edgeprune.metadata import read_metadata
 from edgeprune.pruning import PruneConfig, make_pruner, prune_model, save_pruned
 from edgeprune.sparsity import parse_sparsity
 
@@ -90,13 +90,8 @@ def convert_nm(
 
 
 def _dense_source(folder: Path) -> str | None:
-    meta = folder / "edgeprune.json"
-    if meta.is_file():
-        try:
-            return json.loads(meta.read_text()).get("source_model")
-        except ValueError:
-            return None
-    return None
+    meta = read_metadata(folder, strict=False)
+    return meta.get("source_model") if meta is not None else None
 
 
 __all__ = ["NMConfig", "convert_nm"]

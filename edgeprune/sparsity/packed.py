@@ -67,11 +67,12 @@ from types import SimpleNamespace
 import torch
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.metadata import PACKED_SCHEMA_VERSION as SCHEMA_VERSION
+from edgeprune.metadata import read_metadata
 from edgeprune.sparsity import NMReport, check_nm, parse_sparsity, to_nm
 
 __all__ = ["PackReport", "SCHEMA_VERSION", "pack", "unpack", "check_folder", "pack_bits", "unpack_bits"]
 
-SCHEMA_VERSION = 1
 FORMAT = "edgeprune-packed-nm"
 MANIFEST_KEY = "edgeprune.packed"
 CHECKSUM_KEY = "edgeprune.sha256"
@@ -241,11 +242,11 @@ def _nm_layer_keys(model_dir: Path) -> tuple[list[str], set[str]]:
         skeleton = model_cls.from_config(config)
     names = list(adapter.prunable_linears(skeleton))
     kept_dense: set[str] = set()
-    meta_file = model_dir / "edgeprune.json"
-    if meta_file.exists():
+    meta = read_metadata(model_dir, strict=False)
+    if meta is not None:
         try:
-            pruned = {layer["name"] for layer in json.loads(meta_file.read_text()).get("layers", [])}
-        except (ValueError, TypeError, KeyError):
+            pruned = {layer["name"] for layer in meta.get("layers", [])}
+        except (TypeError, KeyError):
             pruned = None
         if pruned:
             kept_dense = {f"{name}.weight" for name in names if name not in pruned}

@@ -257,13 +257,14 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
 def save_structured(loaded, report: StructuredReport, out, config: StructuredConfig, calib_tokens: int, overwrite: bool) -> None:
     """Write the smaller model as a Hugging Face folder that reloads with transformers (trust_remote_code)."""
     from edgeprune import __version__
-    from edgeprune.io import atomic_dir, write_json
-    from edgeprune.pruning import METADATA_FILE, _copy_extra_files
+    from edgeprune.io import atomic_dir
+    from edgeprune.metadata import write_metadata
+    from edgeprune.pruning import _copy_extra_files
 
     with atomic_dir(out, overwrite) as tmp:
         save_layout_folder(loaded.model.to("cpu"), loaded.adapter, loaded.tokenizer, tmp)
         _copy_extra_files(loaded.path if loaded.gguf_file is None else None, tmp)
-        write_json(tmp / METADATA_FILE, {
+        write_metadata(tmp, {
             "edgeprune_version": __version__,
             "source_model": loaded.source,
             "architecture": loaded.adapter.family,
