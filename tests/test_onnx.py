@@ -152,6 +152,35 @@ def test_fused_attention_matches_pytorch_on_padded_batches_and_biased_projection
             assert np.abs(out["logits"] - ref.logits.numpy()).max() < 1e-4, side
 
 
+def test_packed_int4_graph_equals_unpacked_and_pads_exactly_at_fp32_compute(tiny_llama_dir, tmp_path):
+    """The export's RMSNorms are ORT's (Skip)SimplifiedLayerNormalization; q/k/v and gate/up packed into one MatMulNBits
+    each compute what the separate nodes compute; and with fp32 compute (accuracy level 0) a left-padded row gives the
+    same logits as its prompt alone (int8-activation kernels round a row by its index modulo 4: BENCHMARKS §9)."""
+    from edgeprune.onnx import QuantizeConfig, quantize
+
+    src = tmp_path / "onnx"
+    report = export(str(tiny_llama_dir), src, ExportConfig(new_tokens=4))
+    assert (report.fused.norms, report.fused.skip_norms) == (2 * 2 + 1, 2 * 2)  # every norm; all but the first have a residual
+    ops = [n.op_type for n in onnx.load(str(src / "model.onnx")).graph.node]
+    assert "Pow" not in ops and "ReduceMean" not in ops and ops.count("SkipSimplifiedLayerNormalization") == 4
+
+    ids = np.random.default_rng(0).integers(4, 100, (2, 9))
+    mask = np.ones_like(ids)
+    mask[1, :5] = 0  # second row: 5 pads, then its 4 tokens
+    logits = {}
+    for pack in (True, False):
+        q = quantize(src, tmp_path / f"pack-{pack}", QuantizeConfig("int4", method="rtn", accuracy_level=0, pack=pack), verify=False)
+        assert q.settings["packed_matmuls"] == (2 * 2 if pack else 0) and not q.lost
+        sess = session(tmp_path / f"pack-{pack}" / "model.onnx")
+        if pack:
+            assert sum(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "pack-True" / "model.onnx")).graph.node) == 2 * 4 + 1
+        decoder = OrtDecoder(sess)
+        logits[pack], _, _ = decoder.step(ids, mask, decoder.empty_past(2))  # positions from the mask
+        alone, _, _ = decoder.step(ids[1:, 5:], mask[1:, 5:], decoder.empty_past(1))
+        assert np.abs(logits[pack][1, 5:] - alone[0]).max() < 1e-4
+    assert np.abs(logits[True] - logits[False]).max() < 1e-4
+
+
 def test_fused_smollm3_skips_rope_on_its_no_rope_layers(tiny_tokenizer, tmp_path):
     """SmolLM3 leaves RoPE out of some layers: the fused graph rotates q/k only in the others, and matches PyTorch."""
     model = make_tiny_smollm3(len(tiny_tokenizer), initializer_range=0.2)
@@ -226,7 +255,7 @@ def test_pruned_decoder_keeps_zeros_and_2of4_along_input_dim(pruned_llama_dir, p
 
 def test_lost_zeros_and_broken_nm_are_errors(pruned_llama_dir, pruned_llama_onnx, tmp_path):
     from edgeprune.models.loading import load_model
-    from edgeprune.onnx import _check
+    from edgeprune.onnx.workflow import _check
     from edgeprune.onnx.weights import layer_patterns
 
     out, report = pruned_llama_onnx

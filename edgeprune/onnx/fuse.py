@@ -262,6 +262,12 @@ def fuse_norms(graph_model, float_type: int) -> tuple[int, int]:
         value = const(name)
         return float(value.ravel()[0]) if value is not None and value.size == 1 else None
 
+    def stored(name) -> str | None:
+        """The initialiser behind ``name``, also through optimum's Identity nodes for deduplicated (equal) weights."""
+        while name not in inits and producer.get(name) is not None and producer[name].op_type == "Identity":
+            name = producer[name].input[0]
+        return name if name in inits else None
+
     def only_reader(name, op):
         users = readers.get(name, [])
         return users[0] if len(users) == 1 and users[0].op_type == op else None
@@ -294,7 +300,7 @@ def fuse_norms(graph_model, float_type: int) -> tuple[int, int]:
             chain.append(cast)
             last = cast
         weigh = only_reader(last.output[0], "Mul")
-        weight = next((i for i in weigh.input if i in inits), None) if weigh is not None else None
+        weight = next((stored(i) for i in weigh.input if stored(i)), None) if weigh is not None else None
         if weight is None:
             continue
         chain.append(weigh)

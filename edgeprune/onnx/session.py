@@ -63,8 +63,8 @@ class OrtDecoder:
         """Run ids (new tokens only) given the cache; returns (logits, new cache, all outputs by name)."""
         past_len = mask.shape[1] - ids.shape[1]
         feeds = {"input_ids": ids, "attention_mask": mask, **past}
-        if "position_ids" in self.input_names:
-            feeds["position_ids"] = np.broadcast_to(np.arange(past_len, mask.shape[1], dtype=np.int64), ids.shape).copy()
+        if "position_ids" in self.input_names:  # from the mask, as transformers counts them: left padding shifts a row's positions
+            feeds["position_ids"] = np.maximum(np.cumsum(mask, axis=1, dtype=np.int64) - 1, 0)[:, past_len:]
         outputs = dict(zip(self.output_names, self.sess.run(None, feeds)))
         new_past = {n: outputs[n.replace("past_key_values.", "present.")] for n in self.past_names}
         return outputs["logits"], new_past, outputs
