@@ -105,7 +105,7 @@ def test_existing_out_needs_overwrite(tiny_llama_dir, tmp_path):
 
 
 def test_failure_midway_leaves_nothing(tiny_llama_dir, tmp_path, monkeypatch):
-    import edgeprune.pruning as pruning
+    import edgeprune.pruning.workflow as pruning
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from edgeprune.data import CalibConfig, calibration_batch, eval_windows, load_text
 from edgeprune.errors import EdgepruneError
 from edgeprune.metadata import read_metadata
-from edgeprune.pruning import PruneConfig, make_pruner, prune_model, save_pruned
+from edgeprune.pruning.engine import prune_model
+from edgeprune.pruning.workflow import PruneConfig, make_pruner, save_pruned
 from edgeprune.sparsity import parse_sparsity
 
 
@@ -59,7 +60,7 @@ def convert_nm(
     from edgeprune.data import check_text
     from edgeprune.evaluation.metrics import perplexity
     from edgeprune.models.loading import load_model
-    from edgeprune.pruning import check_prune
+    from edgeprune.pruning.workflow import check_prune
 
     spec, pruner, device = check_prune(model_dir, out, config, overwrite)
     if compare_projection:

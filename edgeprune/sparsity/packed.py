@@ -69,7 +69,7 @@ import torch
 from edgeprune.errors import EdgepruneError
 from edgeprune.metadata import PACKED_SCHEMA_VERSION as SCHEMA_VERSION
 from edgeprune.metadata import read_metadata
-from edgeprune.sparsity import NMReport, check_nm, parse_sparsity, to_nm
+from edgeprune.sparsity.patterns import NMReport, check_nm, parse_sparsity, to_nm
 
 __all__ = ["PackReport", "SCHEMA_VERSION", "pack", "unpack", "check_folder", "pack_bits", "unpack_bits"]
 

@@ -1,0 +1,144 @@
+"""What ``edgeprune prune`` runs: :func:`prune` checks everything it can before the weights load, runs one
+registered method on a model and writes a HF folder.
+
+Flow: model + calibration → per-block statistics → masks (+ optional weight
+updates) → zeros in the weights → ``save_pretrained`` + ``edgeprune.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edgeprune.data import CalibConfig, calibration_batch
+from edgeprune.errors import EdgepruneError
+from edgeprune.pruning.engine import Pruner, PruneReport, prune_model, resolve_specs
+from edgeprune.pruning.registry import PRUNERS
+from edgeprune.sparsity import parse_sparsity
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything ``edgeprune prune`` takes, as the Python API and recipes take it."""
+
+    method: str = "attention"
+    sparsity: str = "2:4"
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    device: str = "cpu"
+    overrides: dict[str, str] = field(default_factory=dict)  # glob on layer name → "dense" or a sparsity
+    options: dict[str, Any] = field(default_factory=dict)  # method hyperparameters
+    batch_size: int = 8
+    permute: bool = False  # N:M: reorder input channels first (exactly absorbed) to keep more important weights
+
+
+def make_pruner(method: str, options: dict[str, Any] | None = None) -> Pruner:
+    cls = PRUNERS.get(method)
+    options = dict(options or {})
+    if cls.Config is None:
+        if options:
+            raise EdgepruneError(f"method '{method}' takes no options (got {', '.join(options)})", "drop the options")
+        return cls()
+    known = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise EdgepruneError(f"unknown option '{unknown[0]}' for method '{method}'", f"known options: {', '.join(sorted(known))}")
+    return cls(cls.Config(**options))
+
+
+def _copy_extra_files(src: Path | None, dst: Path) -> None:
+    """Carry over files save_pretrained does not write (e.g. sentence-transformers pooling config)."""
+    if src is None or not src.is_dir():
+        return
+    for item in src.iterdir():
+        target = dst / item.name
+        if target.exists() or item.suffix in (".safetensors", ".bin", ".gguf", ".pt") or item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, target)
+        elif item.suffix in (".json", ".txt", ".md", ".model"):
+            shutil.copy2(item, target)
+
+
+def check_prune(model: str, out: str | Path, config: PruneConfig, overwrite: bool):
+    """Every check a prune can make before the weights load: the settings, --out, the calibration text, then the
+    architecture and every layer's width against the pattern on a weightless skeleton. Returns (spec, pruner, device)."""
+    from edgeprune.data import check_text
+    from edgeprune.io import check_out_dir
+    from edgeprune.models.loading import model_skeleton
+    from edgeprune.runtime import resolve_device
+    from edgeprune.specs import resolve_spec
+
+    spec = parse_sparsity(config.sparsity)
+    pruner = make_pruner(config.method, config.options)
+    device = resolve_device(config.device)
+    resolve_spec(model)
+    check_out_dir(out, overwrite)
+    check_text(config.calib.source, "calib", config.calib.tokens)
+    skeleton = model_skeleton(model)
+    if skeleton is not None:
+        resolve_specs(skeleton[1], skeleton[0], spec, config.overrides)
+    return spec, pruner, device
+
+
+def prune(
+    model: str,
+    out: str | Path,
+    config: PruneConfig = PruneConfig(),
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> PruneReport:
+    """Prune ``model`` (folder, .gguf, Hub id or bundled alias) and write a Hugging Face folder to ``out``."""
+    from edgeprune.models.loading import load_model
+
+    spec, pruner, device = check_prune(model, out, config, overwrite)
+    loaded = load_model(model, device=device)
+    calib_ids = calibration_batch(loaded.tokenizer, config.calib)
+    report = prune_model(
+        loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
+        permute=config.permute,
+    )
+    save_pruned(loaded, report, out, config, device, int(calib_ids.numel()), overwrite)
+    return report
+
+
+def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: str, calib_tokens: int, overwrite: bool, extra: dict | None = None) -> None:
+    """Write the pruned model as a Hugging Face folder with ``edgeprune.json``, atomically."""
+    from edgeprune import __version__
+    from edgeprune.io import atomic_dir
+    from edgeprune.metadata import write_metadata
+
+    from edgeprune.progress import status
+    from edgeprune.structured.layout import LAYOUT_KEY, save_layout_folder
+
+    status(f"writing {out}")
+    with atomic_dir(out, overwrite) as tmp:
+        if hasattr(loaded.model.config, LAYOUT_KEY):  # blocks of different sizes: the folder needs modeling_edgeprune.py
+            save_layout_folder(loaded.model.to("cpu"), loaded.adapter, loaded.tokenizer, tmp)
+        else:
+            loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+            loaded.tokenizer.save_pretrained(tmp)
+        _copy_extra_files(loaded.path if loaded.gguf_file is None else None, tmp)
+        meta = {
+            "edgeprune_version": __version__,
+            "source_model": loaded.source,
+            "architecture": loaded.adapter.family,
+            "task": loaded.adapter.task,
+            "method": report.method,
+            "sparsity": report.sparsity,
+            "settings": report.settings,
+            "overrides": dict(config.overrides),
+            "permute": config.permute,
+            "device": device,
+            "calibration": dataclasses.asdict(config.calib) | {"tokens": calib_tokens},
+            "seconds": round(report.seconds, 2),
+            "overall_sparsity": round(report.overall_sparsity, 6),
+            "layers": [dataclasses.asdict(layer) for layer in report.layers],
+            "attention_error": report.attention_error,
+            "diagnostics": report.diagnostics,
+            "permutations": report.permutations,
+        } | (extra or {})
+        write_metadata(tmp, meta)
+
