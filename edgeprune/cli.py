@@ -410,6 +410,8 @@ def profile_(
     warmup: Optional[int] = typer.Option(None, help="override the profile's warm-up runs"),
     runs: Optional[int] = typer.Option(None, help="override the profile's timed runs"),
     op_profile: bool = typer.Option(True, help="also run ORT's profiler (separate session) for the op breakdown"),
+    backend: str = typer.Option("ort", help="decoders: ort (a Python loop over an ORT session), genai (ORT GenAI's generator, "
+                                            "shared KV buffer; needs genai_config.json) or both, side by side"),
     remote: Optional[str] = typer.Option(None, help="measure on this device over ssh, ssh://user@host[:port] (default: the profile's remote)"),
     identity: Optional[Path] = typer.Option(None, help="ssh private key for the device (ssh -i)"),
     remote_python: Optional[str] = typer.Option(None, help="the device's Python with numpy and onnxruntime (default python3)"),
@@ -431,7 +433,8 @@ def profile_(
         raise EdgepruneError("--local measures on this host only", "drop --local, or drop --remote / --also-local")
     workload = Workload(tuple(_int_list(prompt_lengths, "prompt-lengths")), decode_tokens, tuple(_int_list(batch_sizes, "batch-sizes")),
                         tuple(_int_list(seq_lengths, "seq-lengths")), op_profile)
-    config = ProfileConfig(tuple(_int_list(threads, "threads")) if threads is not None else None, strict, workload, warmup, runs)
+    config = ProfileConfig(tuple(_int_list(threads, "threads")) if threads is not None else None, strict, workload, warmup, runs,
+                           backend)
     overrides = {k: v for k, v in (("remote", remote), ("identity", str(identity) if identity else None),
                                    ("remote_python", remote_python)) if v is not None}
     profile_device = dataclasses.replace(config.device(load_device(device)), **overrides)
@@ -439,7 +442,8 @@ def profile_(
     where = "local" if local else "both" if also_local else "device"
     with _sigterm_as_interrupt():
         report = run_profile(onnx_dirs, profile_device, config.threads, out, strict=config.strict, workload=config.workload,
-                             overwrite=overwrite, progress=lambda line: typer.echo(line, err=True), where=where, ssh=ssh)
+                             overwrite=overwrite, progress=lambda line: typer.echo(line, err=True), where=where, ssh=ssh,
+                             backend=config.backend)
     say = functools.partial(typer.echo, err=json_)
     for note in report.notes:
         typer.secho(f"warning: {note}", fg=typer.colors.YELLOW, err=True)

@@ -143,7 +143,8 @@ def _profile(ctx: StepContext, config, out: Path) -> dict:
     summary = {}
     for device in ctx.run.devices:
         report = profile(models, config.device(device), config.threads, out / device.name, strict=config.strict,
-                         workload=config.workload, overwrite=True, progress=ctx.progress.message, names=names)
+                         workload=config.workload, overwrite=True, progress=ctx.progress.message, names=names,
+                         backend=config.backend)
         summary[device.name] = {v.name: all(r.ok for r in v.runs) for v in report.variants}
     return {"devices": summary}
 

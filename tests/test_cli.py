@@ -333,6 +333,9 @@ def _field_default(cls, path: str):
                                                               "seed": "seed"}),
     ("eval", "edgeprune.evaluation:EvalConfig", {"text": "text", "seqlen": "seqlen", "max_windows": "max_windows",
                                                   "torch_device": "device"}),
+    ("profile", "edgeprune.profiling:ProfileConfig", {"backend": "backend", "strict": "strict", "warmup": "warmup",
+                                                      "runs": "runs", "decode_tokens": "workload.decode_tokens",
+                                                      "op_profile": "workload.op_profile"}),
 ])
 def test_cli_defaults_are_the_config_defaults(command, config, names):
     """One setting, one default: each CLI option that sets a config field starts from that field's default."""

@@ -1,10 +1,12 @@
 """Profiling exported ONNX graphs with ONNX Runtime under a device profile: each variant × thread count in its own
 fresh process, latency (TTFT and decode with the KV cache for decoders), memory sampled from outside, ORT's op
 profile, budgets as pass/fail, and a report folder (report.json, report.md, report.html). On this host, or on the
-real device over ssh (remote.py) with the same worker, or both side by side.
+real device over ssh (remote.py) with the same worker, or both side by side. Decoders run in a Python loop over an
+ORT session (backend "ort"), in ORT GenAI's generator (backend "genai"), or in both side by side.
 
     edgeprune profile out/smol-onnx out/smol-2of4-onnx --device devices/laptop-x86-4t.toml --threads 1,2 --out runs/smol
     edgeprune profile out/smol-int4 --device devices/edge-arm-2t.toml --remote ssh://pi@raspberrypi.local --also-local --out runs/pi
+    edgeprune profile out/smol-int4 --device devices/this-host.toml --backend both --out runs/smol-genai
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.metadata import read_metadata
 from edgeprune.profiling.devices import DeviceProfile, load_device
 from edgeprune.profiling.remote import SshOptions
-from edgeprune.profiling.results import Budget, Report, RunResult, VariantResult
+from edgeprune.profiling.results import Budget, Report, RunResult, VariantResult, with_backend
 
 REPORT_DIR = Path("runs/profile")
 STRICT_REPEATS = 3
 STRICT_TOLERANCE = 0.05
 WHERE = ("device", "local", "both")
+#: how decoders are driven: "ort" a Python loop over an InferenceSession (the KV cache fed back as inputs), "genai"
+#: ORT GenAI's generator loop (og.Model on the folder's genai_config.json, one shared KV buffer), "both" side by side
+BACKENDS = ("ort", "genai", "both")
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,12 @@ class ProfileConfig:
     workload: Workload = Workload()
     warmup: int | None = None  # override the profile's warm-up runs
     runs: int | None = None  # override the profile's timed runs
+    backend: str = "ort"  # decoders: ort, genai or both (BACKENDS); encoders always run with ort
 
     def __post_init__(self):
         if self.threads is not None and (not self.threads or any(t < 1 for t in self.threads)):
             raise EdgepruneError(f"thread counts {list(self.threads)} must all be 1 or more", "pass e.g. --threads 1,2,4")
+        _check_backend(self.backend)
         if self.warmup is not None and self.warmup < 0:
             raise EdgepruneError(f"warmup {self.warmup} must be 0 or more", "pass e.g. --warmup 10")
         if self.runs is not None and self.runs < 1:
@@ -86,6 +93,12 @@ class _Variant:
     quantization: str
     quality: dict
     vocab: int
+    backend: str = "ort"
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise EdgepruneError(f"backend '{backend}' is unknown", f"use one of {', '.join(BACKENDS)}, e.g. --backend both")
 
 
 def _require_ort():
@@ -208,6 +221,78 @@ def _variants(onnx_dirs: Sequence[str | Path], labels: Sequence[str] | None = No
     return out
 
 
+def _check_genai_folder(v: _Variant) -> None:
+    """The genai backend runs what the folder's genai_config.json names: it must exist and name this graph."""
+    from edgeprune.onnx.genai import GENAI_CONFIG
+
+    path = v.graph.parent / GENAI_CONFIG
+    fix = "re-export it with edgeprune export (or edgeprune quantize), which writes one, or profile with --backend ort"
+    if not path.is_file():
+        raise EdgepruneError(f"'{v.graph.parent}' has no {GENAI_CONFIG}, which the genai backend needs", fix)
+    try:
+        filename = json.loads(path.read_text())["model"]["decoder"]["filename"]
+    except (ValueError, KeyError, TypeError):
+        raise EdgepruneError(f"'{path}' is not a genai config (no model.decoder.filename)", fix) from None
+    if filename != v.graph.name:
+        raise EdgepruneError(f"'{path}' runs {filename}, not {v.graph.name}; the genai backend measures the graph it names",
+                             f"profile {v.graph.name} with --backend ort, or pass the folder to measure {filename}")
+
+
+def _with_backends(variants: list[_Variant], backend: str, notes: list[str]) -> list[_Variant]:
+    """Each variant once per backend asked for: a decoder twice under "both" (NAME (ort), then NAME (genai), side by
+    side in the tables), an encoder with the ort loop only (ORT GenAI runs decoders)."""
+    import dataclasses
+
+    out = []
+    for v in variants:
+        if v.kind != "decoder" and backend != "ort":
+            if backend == "genai":
+                raise EdgepruneError(f"{v.name} is an {v.kind}, and the genai backend (ORT GenAI) runs decoders only",
+                                     "profile it with --backend ort (or --backend both, which measures encoders with ort)")
+            notes.append(f"{v.name} is an {v.kind}: ORT GenAI runs decoders only, so it was measured with the ort backend alone")
+            out.append(v)
+            continue
+        if backend != "ort":
+            _check_genai_folder(v)
+        if backend == "both":
+            out += [dataclasses.replace(v, name=with_backend(v.name, b), backend=b) for b in ("ort", "genai")]
+        else:
+            out.append(dataclasses.replace(v, backend=backend))
+    if any(v.backend == "genai" for v in out):
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime_genai") is None:
+            raise EdgepruneError("the genai backend needs onnxruntime-genai, which is not installed",
+                                 "run: pip install onnxruntime-genai, or profile with --backend ort")
+    return out
+
+
+def _compare_tokens(variants: list[VariantResult]) -> list[str]:
+    """Whether the two backends generated the same greedy tokens from the same prompts (the ort and genai measurements
+    of one graph sit next to each other): the genai variant's quality gets "greedy_tokens_same_as_ort" (the shortest
+    identical prefix / tokens per sequence), and a note says where they part. They run the same graph, so a difference
+    points at the loop, or at an end-of-text token, which the genai backend is told not to pick."""
+    notes = []
+    for ort, genai in zip(variants, variants[1:]):
+        if (ort.backend, genai.backend) != ("ort", "genai") or ort.graph != genai.graph:
+            continue
+        prefixes = []
+        for theirs, mine in zip(ort.runs, genai.runs):
+            if not (theirs.ok and mine.ok):
+                continue
+            for a, b in zip(theirs.decoder, mine.decoder):
+                if not (a.tokens and b.tokens):
+                    continue
+                same = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), min(len(a.tokens), len(b.tokens)))
+                prefixes.append((same, len(b.tokens)))
+                if same < len(b.tokens):
+                    notes.append(f"{genai.name} @ {mine.threads} thread(s): after the {a.prompt_tokens}-token prompt its greedy "
+                                 f"tokens leave the ort loop's at token {same + 1} of {len(b.tokens)}")
+        if prefixes:
+            genai.quality = {**genai.quality, "greedy_tokens_same_as_ort": "{}/{}".format(*min(prefixes))}
+    return notes
+
+
 def _providers(device: DeviceProfile, available: list[str], notes: list[str], on: str = "") -> list[str]:
     """The profile's execution providers that ``available`` (the measuring machine's onnxruntime) has, CPU last."""
     missing = [p for p in device.execution_providers if p not in available]
@@ -303,6 +388,7 @@ def profile(
     names: Sequence[str] | None = None,
     where: str = "device",
     ssh: SshOptions = SshOptions(),
+    backend: str = "ort",
 ) -> Report:
     """Measure each ONNX folder (or .onnx file) at each thread count under ``device``; write report.json/.md/.html to ``out``.
 
@@ -310,7 +396,9 @@ def profile(
     device profile says, on its ``remote`` over ssh when it names one, else on this host; "local" on this host only
     (emulating the device); "both" on this host and on the remote, side by side in one report, the variants named
     NAME@local and NAME@HOST. ``ssh`` says how far to trust the device's host key. If the remote run stops early
-    (connection lost, runner killed), the report is still written with what was measured, then RemoteRunLost is raised."""
+    (connection lost, runner killed), the report is still written with what was measured, then RemoteRunLost is raised.
+    ``backend`` (BACKENDS) drives decoders with the ort loop, ORT GenAI's generator (this host only; the folder needs
+    its genai_config.json), or both, named NAME (ort) and NAME (genai); encoders always run with the ort loop."""
     from edgeprune.io import atomic_dir, check_out_dir
     from edgeprune.profiling.remote import RemoteRunLost, parse_target
 
@@ -321,7 +409,11 @@ def profile(
         raise EdgepruneError("no ONNX folder given", "pass one or more folders written by edgeprune export")
     if where not in WHERE:
         raise EdgepruneError(f"where '{where}' is unknown", f"use one of {', '.join(WHERE)}")
+    _check_backend(backend)
     remote = parse_target(device.remote) if device.remote and where != "local" else None
+    if remote is not None and backend != "ort":
+        raise EdgepruneError(f"the {backend} backend measures on this host only, not on {remote}",
+                             "pass --local to emulate the device here, or --backend ort to measure on it")
     if where == "both" and remote is None:
         raise EdgepruneError("measuring both here and on the device needs a remote device",
                              "pass --remote ssh://user@host, or set remote in the device profile")
@@ -330,8 +422,8 @@ def profile(
         threads = list(threads)
         if not threads or any(t < 1 for t in threads):
             raise EdgepruneError(f"thread counts {threads} must all be 1 or more", "pass e.g. --threads 1,2,4")
-    variants = _variants(onnx_dirs, names)
     notes: list[str] = []
+    variants = _with_backends(_variants(onnx_dirs, names), backend, notes)
     for v in variants:
         if device.quantization != "none" and v.quantization != device.quantization:
             notes.append(f"{v.name} is {v.quantization if v.quantization != 'none' else 'not quantised'}; "
@@ -354,6 +446,7 @@ def profile(
             jobs = _jobs(variants, device, threads, strict, workload, report.host, notes, suffix)
             report.variants += _collect(variants, jobs, _measure_here(jobs, device, workload, trace_dir, progress), device,
                                         strict, suffix, {}, notes, progress)
+            notes += _compare_tokens(report.variants)
         if session is not None:
             suffix = "@" + remote.host if here else ""
             jobs = _jobs(variants, device, threads, strict, workload, machine, notes, suffix, str(remote),
@@ -398,7 +491,7 @@ def _jobs(variants: list[_Variant], device: DeviceProfile, threads: Sequence[int
                 "mem_pattern": device.mem_pattern, "warmup": device.warmup, "runs": device.runs,
                 "min_seconds": device.min_seconds, "vocab": v.vocab, "prompt_lengths": list(workload.prompt_lengths),
                 "decode_tokens": workload.decode_tokens, "batch_sizes": list(workload.batch_sizes),
-                "seq_lengths": list(workload.seq_lengths),
+                "seq_lengths": list(workload.seq_lengths), "backend": v.backend,
             }
             for r in range(STRICT_REPEATS if strict else 1):
                 label = f"{v.name}{suffix}: {n} thread(s)" + (f", repeat {r + 1}/{STRICT_REPEATS}" if strict else "")
@@ -447,7 +540,8 @@ def _collect(variants: list[_Variant], jobs: list, measured: Iterator, device: D
         runs.setdefault((job.variant, job.threads), []).append(run)
     out = []
     for i, v in enumerate(variants):
-        result = VariantResult(v.name + suffix, str(v.graph), v.kind, v.size_bytes, v.files, v.quantization, v.quality, remote=remote)
+        result = VariantResult(v.name + suffix, str(v.graph), v.kind, v.size_bytes, v.files, v.quantization, v.quality, remote=remote,
+                               backend=v.backend)
         for n in dict.fromkeys(j.threads for j in jobs if j.variant == i):
             repeats = runs[(i, n)]
             result.runs.append(_strict(repeats) if strict else repeats[0])
@@ -459,4 +553,4 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
-__all__ = ["DeviceProfile", "ProfileConfig", "REPORT_DIR", "Report", "SshOptions", "Workload", "load_device", "profile"]
+__all__ = ["BACKENDS", "DeviceProfile", "ProfileConfig", "REPORT_DIR", "Report", "SshOptions", "Workload", "load_device", "profile"]

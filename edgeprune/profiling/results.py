@@ -65,6 +65,9 @@ class DecoderResult:
     prefill_tokens_per_s: float = 0.0
     decode_ms_per_token: float = 0.0
     decode_tokens_per_s: float = 0.0
+    # greedy token ids of the first timed sequence (the prefill's token, then one per decode step); its prompt is the
+    # same random ids in both backends, so their tokens can be compared
+    tokens: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.prefill_tokens_per_s and self.prefill.mean > 0:
@@ -215,6 +218,12 @@ class VariantResult:
     # Measured on a device over ssh: its address ("target") and CPU, cores, RAM, OS, Python, onnxruntime as read there.
     # Empty: measured on this host (Report.host).
     remote: dict = field(default_factory=dict)
+    backend: str = "ort"  # decoders: "ort" (a Python loop over an InferenceSession) or "genai" (ORT GenAI's generator)
+
+
+def with_backend(name: str, backend: str) -> str:
+    """A variant's name in a report that measures it with both backends, side by side: "NAME (ort)", "NAME (genai)"."""
+    return f"{name} ({backend})"
 
 
 @dataclass

@@ -92,8 +92,8 @@ def _from_worker(raw: dict, spec: dict, outcome: dict) -> RunResult:
     return RunResult(
         threads=spec["threads"], status="ok", pid=raw["pid"], cores=raw["cores"], ort=raw["ort"],
         session_ms=raw["session_ms"], first_inference_ms=raw["first_inference_ms"], warmup=raw["warmup"], wall_s=raw["wall_s"],
-        decoder=[DecoderResult(d["prompt_tokens"], d["new_tokens"], Latency.from_values(d["prefill"]), Latency.from_values(d["decode"]))
-                 for d in raw["decoder"]],
+        decoder=[DecoderResult(d["prompt_tokens"], d["new_tokens"], Latency.from_values(d["prefill"]), Latency.from_values(d["decode"]),
+                               tokens=d.get("tokens") or []) for d in raw["decoder"]],
         encoder=[EncoderResult(e["batch_size"], e["seq_len"], Latency.from_values(e["latency"])) for e in raw["encoder"]],
         memory=memory,
     )

@@ -4,9 +4,11 @@ its memory sampled from outside, so runs cannot pollute each other.
     python edgeprune/profiling/worker.py SPEC.json     # one measurement (the child)
 
 The child pins itself to the given cores, creates the ORT session, times the workload and writes RESULT.json; it prints
-"@@phase NAME" lines so the supervisor (``measure``) can split peak RSS into load and run. This file is also the runner
-that remote profiling copies to a device over ssh, so it needs only the standard library, numpy and onnxruntime (no
-edgeprune, torch or psutil) and Python 3.9:
+"@@phase NAME" lines so the supervisor (``measure``) can split peak RSS into load and run. A decoder is timed by one of
+two backends: "ort", a Python loop over an InferenceSession that feeds the KV cache back, or "genai", ORT GenAI's
+generator (og.Model on the folder's genai_config.json, the cache in one shared buffer), on the same prompts. This file
+is also the runner that remote profiling copies to a device over ssh, so it needs only the standard library, numpy and
+onnxruntime (onnxruntime_genai for the genai backend; no edgeprune, torch or psutil) and Python 3.9:
 
     python3 edgeprune_worker.py probe REQUEST_JSON     # versions, host, free space (run from stdin by the client)
     python3 edgeprune_worker.py batch RUN_DIR          # every job in RUN_DIR/jobs.json, results streamed to stdout
@@ -56,6 +58,20 @@ def _hwm_mb() -> float:
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32",
            "tensor(bool)": "bool", "tensor(double)": "float64", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
+
+
+def _process_threads() -> int | None:
+    """OS threads in this process (Linux): the intra-op pool shows here, so the thread count really set can be checked."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+
+
+def _prompt_ids(np, vocab: int, length: int, sequence: int):
+    """The prompt of one timed sequence: random token ids drawn from (length, sequence) alone, so both backends, and
+    every run, see the same prompts whatever else was drawn before. Real tokens do not change the timing."""
+    return np.random.default_rng([length, sequence]).integers(0, vocab, size=(1, length), dtype=np.int64)
 
 
 def _options(ort, spec: dict, profile_prefix: str | None = None):
@@ -128,39 +144,54 @@ class _Feeds:
         return feeds
 
 
-def _timed(fn, warmup: int, runs: int, min_seconds: float) -> list[float]:
+def _timed(fn, warmup: int, runs: int, min_seconds: float, setup=None) -> list[float]:
+    """ms per call of ``fn``; with ``setup``, each call is ``fn(setup())`` and only ``fn`` is timed."""
+    def once() -> float:
+        arg = (setup(),) if setup else ()
+        t = time.perf_counter()
+        fn(*arg)
+        return (time.perf_counter() - t) * 1000
+
     for _ in range(warmup):
-        fn()
+        once()
     samples, start = [], time.perf_counter()
     while len(samples) < runs or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
+        samples.append(once())
         if len(samples) >= 100 * runs:  # min_seconds on a very fast graph: enough is enough
             break
     return samples
 
 
-def _decode_samples(sess, feeds: _Feeds, prompt: int, new_tokens: int, warmup: int, runs: int, min_seconds: float):
-    """ms per generated token: sequences of new_tokens steps, each from a fresh prefill of `prompt` tokens."""
-    def sequence(record: list | None, steps: int):
-        ids = feeds._ids(1, prompt)
-        nxt, past = feeds.step(sess, feeds.decoder(ids, 0, None))
+def _decode_samples(sequence, new_tokens: int, warmup: int, runs: int, min_seconds: float):
+    """ms per generated token, and the tokens of the first timed sequence. ``sequence(index, record, steps)`` runs one
+    sequence from the prompt ``index`` (prefill, untimed), then ``steps`` decode steps whose ms it appends to ``record``,
+    and returns its greedy tokens (the prefill's first)."""
+    if warmup:
+        sequence(0, None, min(warmup, new_tokens))
+    samples, tokens, start = [], None, time.perf_counter()
+    while len(samples) < runs or time.perf_counter() - start < min_seconds:
+        got = sequence(len(samples) // new_tokens, samples, new_tokens)
+        tokens = got if tokens is None else tokens
+        if len(samples) >= 100 * max(runs, new_tokens):
+            break
+    return samples, tokens
+
+
+def _ort_sequence(sess, feeds: _Feeds, np, vocab: int, prompt: int):
+    """One sequence through the ort loop: the graph's outputs fed back as the next step's KV cache inputs."""
+    def sequence(index: int, record: list | None, steps: int) -> list[int]:
+        nxt, past = feeds.step(sess, feeds.decoder(_prompt_ids(np, vocab, prompt, index), 0, None))
+        tokens = [int(nxt[0, 0])]
         for t in range(steps):
             f = feeds.decoder(nxt, prompt + t, past)
             start = time.perf_counter()
             nxt, past = feeds.step(sess, f)
             if record is not None:
                 record.append((time.perf_counter() - start) * 1000)
+            tokens.append(int(nxt[0, 0]))
+        return tokens
 
-    if warmup:
-        sequence(None, min(warmup, new_tokens))
-    samples, start = [], time.perf_counter()
-    while len(samples) < runs or time.perf_counter() - start < min_seconds:
-        sequence(samples, new_tokens)
-        if len(samples) >= 100 * max(runs, new_tokens):
-            break
-    return samples
+    return sequence
 
 
 def run(spec: dict) -> dict:
@@ -169,6 +200,8 @@ def run(spec: dict) -> dict:
     if cores:
         os.sched_setaffinity(0, cores)
     _phase("load")
+    if spec.get("backend", "ort") == "genai":
+        return _run_genai(spec, start_wall)
     import numpy as np
     import onnxruntime as ort
 
@@ -180,22 +213,24 @@ def run(spec: dict) -> dict:
     result["ort"] = {
         "version": ort.__version__, "providers": sess.get_providers(), "graph_optimization": spec["graph_optimization"],
         "intra_op_threads": spec["threads"], "inter_op_threads": 1, "execution_mode": "sequential",
-        "cpu_mem_arena": spec["cpu_mem_arena"], "mem_pattern": spec["mem_pattern"],
+        "cpu_mem_arena": spec["cpu_mem_arena"], "mem_pattern": spec["mem_pattern"], "process_threads": _process_threads(),
     }
     _phase("run")
     feeds = _Feeds(np, sess, spec["vocab"])
     warmup, runs, min_s = spec["warmup"], spec["runs"], spec["min_seconds"]
     result["decoder"], result["encoder"] = [], []
     if feeds.is_decoder:
-        ids = feeds._ids(1, spec["prompt_lengths"][0])
+        ids = _prompt_ids(np, spec["vocab"], spec["prompt_lengths"][0], 0)
         t = time.perf_counter()
         feeds.step(sess, feeds.decoder(ids, 0, None))
         result["first_inference_ms"] = (time.perf_counter() - t) * 1000
         for prompt in spec["prompt_lengths"]:
-            ids = feeds._ids(1, prompt)
+            ids = _prompt_ids(np, spec["vocab"], prompt, 0)
             prefill = _timed(lambda: feeds.step(sess, feeds.decoder(ids, 0, None)), warmup, runs, min_s)
-            decode = _decode_samples(sess, feeds, prompt, spec["decode_tokens"], warmup, runs, min_s)
-            result["decoder"].append({"prompt_tokens": prompt, "new_tokens": spec["decode_tokens"], "prefill": prefill, "decode": decode})
+            sequence = _ort_sequence(sess, feeds, np, spec["vocab"], prompt)
+            decode, tokens = _decode_samples(sequence, spec["decode_tokens"], warmup, runs, min_s)
+            result["decoder"].append({"prompt_tokens": prompt, "new_tokens": spec["decode_tokens"], "prefill": prefill,
+                                      "decode": decode, "tokens": tokens})
     else:
         first = True
         for batch in spec["batch_sizes"]:
@@ -220,15 +255,117 @@ def run(spec: dict) -> dict:
         _phase("op_profile")
         sess = ort.InferenceSession(spec["graph"], _options(ort, spec, spec["trace_prefix"]), providers=spec["providers"])
         if feeds.is_decoder:
-            prompt = spec["prompt_lengths"][0]
-            nxt, past = feeds.step(sess, feeds.decoder(feeds._ids(1, prompt), 0, None))
-            for t in range(spec["decode_tokens"]):
-                nxt, past = feeds.step(sess, feeds.decoder(nxt, prompt + t, past))
+            _ort_sequence(sess, feeds, np, spec["vocab"], spec["prompt_lengths"][0])(0, None, spec["decode_tokens"])
         else:
             f = feeds.encoder(spec["batch_sizes"][0], spec["seq_lengths"][0])
             for _ in range(max(3, min(runs, 10))):
                 sess.run(None, f)
         result["trace"] = sess.end_profiling()
+    result["wall_s"] = time.perf_counter() - start_wall
+    _phase("done")
+    return result
+
+
+class _Generator:
+    """A decoder folder in ORT GenAI: og.Model with the spec's session options laid over its genai_config.json, and
+    greedy sequences of a fixed length (min_length = max_length, so an end-of-text token does not stop one early)."""
+
+    def __init__(self, og, np, spec: dict, profile_prefix: str | None = None):
+        self.og, self.np, self.vocab = og, np, spec["vocab"]
+        folder = os.path.dirname(spec["graph"])
+        options = {
+            "intra_op_num_threads": spec["threads"], "inter_op_num_threads": 1, "log_severity_level": 3,
+            "graph_optimization_level": _LEVELS[spec["graph_optimization"]], "enable_cpu_mem_arena": spec["cpu_mem_arena"],
+            "enable_mem_pattern": spec["mem_pattern"],
+        }
+        if profile_prefix:
+            options["enable_profiling"] = profile_prefix
+        config = og.Config(folder)
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        self.model = og.Model(config)
+        with open(os.path.join(folder, "genai_config.json")) as f:
+            self.share_buffer = bool(json.load(f).get("search", {}).get("past_present_share_buffer"))
+
+    def params(self, prompt: int, steps: int):
+        """Search options for ``prompt`` tokens, the first token, then ``steps`` decode steps (as the ort loop takes)."""
+        params = self.og.GeneratorParams(self.model)
+        length = prompt + 1 + steps
+        params.set_search_options(max_length=length, min_length=length, do_sample=False)
+        return params
+
+    def first_token(self, generator, ids) -> int:
+        """Time to first token: append_tokens runs the prefill, the first generate_next_token picks from its logits."""
+        generator.append_tokens(ids)
+        generator.generate_next_token()
+        return int(generator.get_next_tokens()[0])
+
+    def sequence(self, prompt: int):
+        def sequence(index: int, record: list | None, steps: int) -> list[int]:
+            generator = self.og.Generator(self.model, self.params(prompt, steps))
+            tokens = [self.first_token(generator, _prompt_ids(self.np, self.vocab, prompt, index).astype(self.np.int32))]
+            for _ in range(steps):
+                start = time.perf_counter()
+                generator.generate_next_token()
+                token = int(generator.get_next_tokens()[0])
+                if record is not None:
+                    record.append((time.perf_counter() - start) * 1000)
+                tokens.append(token)
+            return tokens
+
+        return sequence
+
+
+def _run_genai(spec: dict, start_wall: float) -> dict:
+    """``run`` with ORT GenAI's generator instead of the ort loop: the same prompts, phases and figures."""
+    from importlib.metadata import version
+
+    import numpy as np
+    import onnxruntime_genai as og
+
+    result = {"pid": os.getpid(), "cores": sorted(os.sched_getaffinity(0)), "baseline_mb": _rss_mb()}
+    t = time.perf_counter()
+    gen = _Generator(og, np, spec)
+    result["session_ms"] = (time.perf_counter() - t) * 1000
+    result["ru_maxrss_load_mb"], result["hwm_load_mb"] = _maxrss_mb(), _hwm_mb()
+    result["ort"] = {
+        "backend": "genai", "version": version("onnxruntime"), "onnxruntime_genai": og.__version__,
+        "providers": ["CPUExecutionProvider"], "graph_optimization": spec["graph_optimization"],
+        "intra_op_threads": spec["threads"], "inter_op_threads": 1, "execution_mode": "sequential",
+        "cpu_mem_arena": spec["cpu_mem_arena"], "mem_pattern": spec["mem_pattern"],
+        "past_present_share_buffer": gen.share_buffer, "process_threads": _process_threads(),
+    }
+    _phase("run")
+    warmup, runs, min_s, steps = spec["warmup"], spec["runs"], spec["min_seconds"], spec["decode_tokens"]
+    result["decoder"], result["encoder"] = [], []
+    first = spec["prompt_lengths"][0]
+    generator = og.Generator(gen.model, gen.params(first, steps))
+    t = time.perf_counter()
+    gen.first_token(generator, _prompt_ids(np, spec["vocab"], first, 0).astype(np.int32))
+    result["first_inference_ms"] = (time.perf_counter() - t) * 1000
+    del generator
+    for prompt in spec["prompt_lengths"]:
+        ids = _prompt_ids(np, spec["vocab"], prompt, 0).astype(np.int32)
+        params = gen.params(prompt, steps)
+        prefill = _timed(lambda generator: gen.first_token(generator, ids), warmup, runs, min_s,
+                         setup=lambda: og.Generator(gen.model, params))
+        decode, tokens = _decode_samples(gen.sequence(prompt), steps, warmup, runs, min_s)
+        result["decoder"].append({"prompt_tokens": prompt, "new_tokens": steps, "prefill": prefill, "decode": decode,
+                                  "tokens": tokens})
+    result["warmup"] = warmup
+    result["ru_maxrss_run_mb"], result["hwm_run_mb"] = _maxrss_mb(), _hwm_mb()
+    del gen, params  # the model goes with the last reference to it
+
+    if spec.get("trace_prefix"):  # as in run(): a separate, profiled model after the timed results are saved
+        import glob
+
+        result["wall_s"] = time.perf_counter() - start_wall
+        _write(spec["result"], result)
+        _phase("op_profile")
+        gen = _Generator(og, np, spec, spec["trace_prefix"])
+        gen.sequence(first)(0, None, steps)
+        del gen  # ORT writes the trace when the session ends
+        traces = sorted(glob.glob(spec["trace_prefix"] + "*.json"), key=os.path.getmtime)
+        result["trace"] = traces[-1] if traces else None
     result["wall_s"] = time.perf_counter() - start_wall
     _phase("done")
     return result

@@ -39,7 +39,13 @@ def _run_header(v, run) -> str:
     if not run.ok:
         return f"{v.name} — {run.threads} thread(s): FAILED — {run.reason}"
     ort = run.ort
-    return (f"{v.name} — {run.threads} thread(s), pid {run.pid}, cores {run.cores}: session {run.session_ms:.0f} ms, "
+    loop = ""
+    if v.backend == "genai":
+        loop = (f"ORT GenAI {ort.get('onnxruntime_genai')} generator"
+                + (", shared KV buffer" if ort.get("past_present_share_buffer") else "") + "; ")
+    elif v.kind == "decoder":
+        loop = "ort loop (Python, KV cache fed back); "
+    return (f"{v.name} — {run.threads} thread(s), pid {run.pid}, cores {run.cores}: {loop}session {run.session_ms:.0f} ms, "
             f"first inference {run.first_inference_ms:.1f} ms, warm-up {run.warmup}; providers {', '.join(ort.get('providers', []))}, "
             f"optimisation {ort.get('graph_optimization')}, arena {ort.get('cpu_mem_arena')}, mem pattern {ort.get('mem_pattern')}")
 

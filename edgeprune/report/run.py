@@ -10,7 +10,7 @@ import shlex
 from importlib import metadata
 from pathlib import Path
 
-from edgeprune.profiling.results import Report, RunResult
+from edgeprune.profiling.results import Report, RunResult, with_backend
 from edgeprune.report import _CSS, _html_table, _md_table, figure_html, quality_html, quality_markdown, tables
 
 PACKAGES = ("edgeprune", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy", "safetensors", "gguf")
@@ -89,7 +89,9 @@ def _dense_name(summary: dict) -> str | None:
 
 
 def _runs(reports: dict[str, Report], name: str) -> dict[tuple[str, int], RunResult]:
-    return {(device, r.threads): r for device, rep in reports.items() for v in rep.variants if v.name == name for r in v.runs}
+    """The runs of variant ``name`` by (device, threads); measured with both backends, by ("DEVICE, BACKEND", threads)."""
+    return {(device if v.name == name else f"{device}, {v.backend}", r.threads): r for device, rep in reports.items()
+            for v in rep.variants if v.name in (name, with_backend(name, v.backend)) for r in v.runs}
 
 
 def summary_table(summary: dict) -> tuple[list[str], list[list[str]]]:

@@ -43,16 +43,18 @@ _COLUMNS = [
 
 def comparison(report: Report) -> tuple[list[str], list[list[str]]]:
     """One row per variant × threads; each figure with its ratio to the first variant at the same thread count.
-    Quality figures are in :func:`quality_rows`, so neither table is too wide to read."""
+    Quality figures are in :func:`quality_rows`, so neither table is too wide to read. A decoder measured with both
+    backends has two rows, NAME (ort) then NAME (genai), so the second's ratio reads as genai against ort."""
     rows, figures = [], []
     for v in report.variants:
         for run in v.runs:
             figures.append((v, run, _figures(v, run) if run.ok else {"size_mb": v.size_bytes / MiB}))
     used = [(k, label) for k, label in _COLUMNS if any(f.get(k) is not None for _, _, f in figures)]
-    headers = ["variant", "threads", "status"] + [label for _, label in used] + ["budgets"]
+    backends = any(v.backend != "ort" for v in report.variants)  # the column only when ORT GenAI measured something
+    headers = ["variant"] + (["backend"] if backends else []) + ["threads", "status"] + [label for _, label in used] + ["budgets"]
     for v, run, f in figures:
         base = next((bf for bv, br, bf in figures if br.threads == run.threads and br.ok), None) if run.ok else None
-        row = [v.name, str(run.threads), "ok" if run.ok else "FAILED"]
+        row = [v.name] + ([v.backend] if backends else []) + [str(run.threads), "ok" if run.ok else "FAILED"]
         for key, _ in used:
             value = f.get(key)
             row.append(fmt(value) + (_ratio(value, base.get(key)) if base and base is not f and value is not None else ""))
@@ -67,6 +69,7 @@ QUALITY_TITLES = {
     "perplexity": "perplexity", "embedding_cosine_mean": "cosine to dense (mean)",
     "embedding_cosine_min": "cosine to dense (min)",
     "greedy_tokens_identical": "greedy tokens same as PyTorch", "max_abs_diff_vs_torch": "max abs diff vs PyTorch",
+    "greedy_tokens_same_as_ort": "greedy tokens same as the ort loop",
 }
 
 
