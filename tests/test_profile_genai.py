@@ -168,7 +168,7 @@ def test_recipe_profile_step_takes_the_backend(tmp_path):
 
 
 def test_token_comparison_on_hand_made_results():
-    from edgeprune.profiling import _compare_tokens
+    from edgeprune.profiling.workflow import _compare_tokens
     from edgeprune.profiling.results import DecoderResult, Latency, RunResult, VariantResult
 
     lat = Latency.from_values([1.0])

@@ -11,7 +11,8 @@ from importlib import metadata
 from pathlib import Path
 
 from edgeprune.profiling.results import Report, RunResult, with_backend
-from edgeprune.report import _CSS, _html_table, _md_table, figure_html, quality_html, quality_markdown, tables
+from edgeprune.report import tables
+from edgeprune.report.profile import _CSS, _html_table, _md_table, figure_html, quality_html, quality_markdown
 
 PACKAGES = ("edgeprune", "torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy", "safetensors", "gguf")
 
