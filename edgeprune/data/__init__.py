@@ -73,7 +73,7 @@ def _file_text(path: Path) -> str:
     try:
         raw = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise EdgepruneError(f"{path} is not UTF-8 text", "pass a UTF-8 .txt or .jsonl file") from None
+        raise EdgepruneError(f"{path} is not UTF-8 text", "pass a UTF-8 text file (or .jsonl)") from None
     if path.suffix != ".jsonl":
         return raw
     parts = []
@@ -106,12 +106,13 @@ def _hf_text(name: str, split: Split) -> str:
     except Exception as exc:  # datasets raises many types when offline
         raise EdgepruneError(
             f"dataset '{name}' is not available here ({type(exc).__name__})",
-            "pass --calib FILE with a .txt or .jsonl file, or use the embedded 'pydoc' corpus",
+            "pass --calib FILE with a text or .jsonl file, or use the embedded 'pydoc' corpus",
         ) from None
 
 
 def load_text(source: str = EMBEDDED, split: Split = "calib") -> str:
-    """Text for calibration or evaluation: 'pydoc', 'wikitext2', 'c4', or a .txt/.jsonl path."""
+    """Text for calibration or evaluation: 'pydoc', 'wikitext2', 'c4', or a path: a .jsonl file is one JSON object
+    with "text" per line, any other file (.txt, .md, a licence file without suffix) is read as plain UTF-8 text."""
     if source == EMBEDDED:
         return pydoc_text(split)
     if source in HF_DATASETS:
@@ -119,7 +120,7 @@ def load_text(source: str = EMBEDDED, split: Split = "calib") -> str:
     path = Path(source).expanduser()
     if not path.is_file():
         raise EdgepruneError(
-            f"text source '{source}' not found", f"pass a .txt or .jsonl file, or one of: {EMBEDDED}, {', '.join(HF_DATASETS)}"
+            f"text source '{source}' not found", f"pass a text or .jsonl file, or one of: {EMBEDDED}, {', '.join(HF_DATASETS)}"
         )
     text = _file_text(path)
     if not text.strip():
