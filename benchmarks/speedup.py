@@ -5,7 +5,8 @@
         --pair structured-int4 runs/fused/dense-int4 runs/fused/structured-int4 \
         --pair int4-vs-fp32 runs/fused/dense runs/fused/dense-int4 --rounds 4 --out bench-out/speedup
 
-Each round is one ``edgeprune.profile`` call over every distinct graph (each measured in its own fresh process,
+With ``--backend both`` every graph is timed in a plain ORT loop and in ORT GenAI's generator, and each pair is
+reported per backend. Each round is one ``edgeprune.profile`` call over every distinct graph (each measured in its own fresh process,
 2 threads, 128-token prompt, 32 decode tokens); the order of the graphs is reversed every other round so no graph
 always runs first. Per pair and round: baseline / variant decode ms/token and TTFT (the speed-up). The medians
 over rounds are the headline. Writes OUT.json and OUT.md.
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--backend", choices=("ort", "genai", "both"), default="ort",
+                    help="decode loop: a Python loop over an ORT session, ORT GenAI's generator, or both (pairs per backend)")
     ap.add_argument("--out", default="bench-out/speedup")
     args = ap.parse_args()
 
@@ -46,7 +49,7 @@ def main() -> None:
         order = graphs if r % 2 == 0 else graphs[::-1]
         with tempfile.TemporaryDirectory() as tmp:
             report = profile([p for _, p in order], device, config.threads, Path(tmp) / "report", workload=config.workload,
-                             names=[n for n, _ in order])
+                             names=[n for n, _ in order], backend=args.backend)
         figures = {}
         for v in report.variants:
             run = v.runs[0]
@@ -59,12 +62,16 @@ def main() -> None:
 
     result = {"host": cpu_name(), "threads": args.threads, "prompt": args.prompt, "decode_tokens": args.tokens,
               "graphs": dict(graphs), "rounds": rounds, "pairs": {}}
+    backends = ("ort", "genai") if args.backend == "both" else (None,)  # with both, profile names rows "NAME (ort)" / "NAME (genai)"
+    result["graphs"] = {f"{n} ({be})" if be else n: p for n, p in graphs for be in backends}
     for label, base, variant in args.pair:
-        b, v = name_of[base], name_of[variant]
-        decode = [f[b]["decode_p50_ms"] / f[v]["decode_p50_ms"] for f in rounds]
-        ttft = [f[b]["ttft_p50_ms"] / f[v]["ttft_p50_ms"] for f in rounds]
-        result["pairs"][label] = {"baseline": b, "variant": v, "decode_speedup": decode, "ttft_speedup": ttft, "decode_speedup_median": statistics.median(decode),
-                                  "ttft_speedup_median": statistics.median(ttft)}
+        for be in backends:
+            b, v = (f"{name_of[x]} ({be})" if be else name_of[x] for x in (base, variant))
+            decode = [f[b]["decode_p50_ms"] / f[v]["decode_p50_ms"] for f in rounds]
+            ttft = [f[b]["ttft_p50_ms"] / f[v]["ttft_p50_ms"] for f in rounds]
+            result["pairs"][f"{label} ({be})" if be else label] = {
+                "baseline": b, "variant": v, "decode_speedup": decode, "ttft_speedup": ttft,
+                "decode_speedup_median": statistics.median(decode), "ttft_speedup_median": statistics.median(ttft)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))

@@ -291,7 +291,7 @@ def export_(
     symmetric: bool = typer.Option(True, help="int4: symmetric codes, or --no-symmetric for a zero point per block"),
     quantize_head: bool = typer.Option(True, help="int4: also the token embedding and tied LM head (--no-quantize-head keeps them fp32)"),
     int4_method: str = typer.Option("gptq", help="int4: gptq (calibrated on pydoc text, pruned zeros held) or rtn (round to nearest)"),
-    head_bits: int = typer.Option(8, help="int4: bits for the embedding / LM head table (8 or 4)"),
+    head_bits: int = typer.Option(4, help="int4: bits for the embedding / LM head table, shared when tied (4 or 8)"),
     ort_format: bool = typer.Option(False, help="also write .ort files and required_operators.config for ORT mobile/minimal builds"),
     fuse: bool = typer.Option(True, help="decoders: attention as one GroupQueryAttention op per layer (faster on CPU); "
                                          "--no-fuse keeps optimum's graph as exported"),
@@ -473,12 +473,14 @@ def quantize(
     block_size: int = typer.Option(32, help="int4: weights per scale along the input dimension"),
     symmetric: bool = typer.Option(True, help="int4: symmetric codes, or --no-symmetric for a zero point per block"),
     quantize_head: bool = typer.Option(True, help="int4: also the token embedding and tied LM head"),
-    head_bits: int = typer.Option(8, help="int4: bits for the embedding / LM head table (8 or 4)"),
+    head_bits: int = typer.Option(4, help="int4: bits for the embedding / LM head table, shared when tied (4 or 8)"),
     method: str = typer.Option("gptq", help="int4: gptq (calibrated on --calib text, pruned zeros held) or rtn (round to nearest)"),
     calib: str = typer.Option("pydoc", help="int4 gptq: calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
     act_order: bool = typer.Option(True, help="int4 gptq: quantise columns by decreasing input energy (static group scales)"),
     damp: float = typer.Option(0.01, help="int4 gptq: Hessian dampening, as a fraction of its mean diagonal"),
-    eight_bit_budget: float = typer.Option(0.04, help="int4 gptq: share of linear weights that may stay 8-bit (worst layers first)"),
+    eight_bit_budget: float = typer.Option(0.04, help="int4 gptq: share of linear weights that may stay 8-bit (worst stages first)"),
+    pack: bool = typer.Option(True, help="int4: one MatMulNBits for the linears that read the same input (q/k/v, gate/up)"),
+    accuracy_level: int = typer.Option(4, help="int4: MatMulNBits compute: 4 = int8 activations (fast), 0 = fp32 (exact under padding, slower)"),
     verify: bool = typer.Option(True, help="compare with the PyTorch model it was exported from"),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
@@ -489,7 +491,7 @@ def quantize(
     from edgeprune.data import CalibConfig
 
     config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib), head_bits=head_bits,
-                            act_order=act_order, damp=damp, eight_bit_budget=eight_bit_budget)
+                            act_order=act_order, damp=damp, eight_bit_budget=eight_bit_budget, pack=pack, accuracy_level=accuracy_level)
     _set_threads(threads)
     with _Display():
         report = run_quantize(onnx_dir, out, config, verify=verify, overwrite=overwrite)

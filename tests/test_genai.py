@@ -154,6 +154,32 @@ def test_quantized_folder_runs_in_genai_like_a_plain_ort_loop(genai_exports, tin
     assert og_greedy(out, ids) == expected
 
 
+def test_symbolic_kv_sizes_as_the_genai_builder_writes_them_come_from_genai_config(genai_exports, tmp_path):
+    """The GenAI model builder names the cache's head size ('kv_cache_dim'); edgeprune's ORT loop (eval) reads it from
+    genai_config.json, and without that file says so in one line."""
+    import shutil
+
+    from edgeprune.errors import EdgepruneError
+
+    folder = tmp_path / "builder-like"
+    shutil.copytree(genai_exports[True], folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    for value in model.graph.input:
+        if value.name.startswith("past_key_values."):
+            value.type.tensor_type.shape.dim[3].dim_param = "kv_cache_dim"
+    onnx.save(model, str(folder / "model.onnx"))
+    ids = np.array([[5, 17, 33, 90]], np.int64)
+    want = OrtDecoder(session(genai_exports[True] / "model.onnx")).greedy(ids, 4)
+    assert OrtDecoder(session(folder / "model.onnx")).greedy(ids, 4) == want
+    from edgeprune.profiling.worker import _Feeds  # profile's measuring loop reads it the same way
+
+    feeds = _Feeds(np, session(folder / "model.onnx"), 100, str(folder / "model.onnx"))
+    assert feeds.kv_dims(feeds.past[0]) == (2, 16)
+    (folder / GENAI_CONFIG).unlink()
+    with pytest.raises(EdgepruneError, match="symbolic"):
+        OrtDecoder(session(folder / "model.onnx"))
+
+
 # --- tokenizer ------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ optimum's merged decoder graph. A leaf: it imports nothing from edgeprune above 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,14 @@ class OrtDecoder:
         self.input_names = {i.name for i in sess.get_inputs()}
         first = next(i for i in sess.get_inputs() if i.name.startswith("past_key_values."))
         self.kv_heads, self.head_dim = first.shape[1], first.shape[3]
+        if not (isinstance(self.kv_heads, int) and isinstance(self.head_dim, int)):  # named, as the GenAI builder writes them
+            config = Path(getattr(sess, "_model_path", "") or ".").parent / "genai_config.json"
+            if not config.is_file():
+                raise EdgepruneError(f"the graph's KV cache sizes are symbolic ({first.shape}) and there is no {config.name} next to it",
+                                     "export with edgeprune export, or add the GenAI config the builder wrote")
+            decoder = json.loads(config.read_text())["model"]["decoder"]
+            self.kv_heads = self.kv_heads if isinstance(self.kv_heads, int) else decoder["num_key_value_heads"]
+            self.head_dim = self.head_dim if isinstance(self.head_dim, int) else decoder["head_size"]
         self.kv_dtype = np.float16 if "float16" in first.type else np.float32
         self.output_names = [o.name for o in sess.get_outputs()]
 

@@ -93,8 +93,9 @@ class _Feeds:
     """Inputs for the graph: the merged decoder's ids/mask/positions/KV cache, an encoder's ids/mask/types,
     or zeros shaped by the graph's own inputs."""
 
-    def __init__(self, np, sess, vocab: int):
+    def __init__(self, np, sess, vocab: int, graph: str | None = None):
         self.np = np
+        self.graph = graph
         self.inputs = sess.get_inputs()
         self.names = {i.name for i in self.inputs}
         self.past = [i for i in self.inputs if i.name.startswith("past_key_values.")]
@@ -105,6 +106,19 @@ class _Feeds:
     @property
     def is_decoder(self) -> bool:
         return bool(self.past) and "input_ids" in self.names
+
+    def kv_dims(self, i) -> tuple[int, int]:
+        """KV heads and head size of a cache input; from the folder's genai_config.json when the graph names them
+        symbolically (the GenAI model builder's ``kv_cache_dim``)."""
+        heads, dim = i.shape[1], i.shape[3]
+        if not (isinstance(heads, int) and isinstance(dim, int)) and self.graph:
+            config = os.path.join(os.path.dirname(self.graph), "genai_config.json")
+            if os.path.isfile(config):
+                with open(config) as f:
+                    decoder = json.load(f)["model"]["decoder"]
+                heads = heads if isinstance(heads, int) else decoder["num_key_value_heads"]
+                dim = dim if isinstance(dim, int) else decoder["head_size"]
+        return heads, dim
 
     def _ids(self, batch, seq):
         return self.rng.integers(0, self.vocab, size=(batch, seq), dtype=self.np.int64)
@@ -118,7 +132,7 @@ class _Feeds:
         if past is None:
             past = {}
             for i in self.past:
-                heads, dim = i.shape[1], i.shape[3]
+                heads, dim = self.kv_dims(i)
                 past[i.name] = np.zeros((batch, heads, 0, dim), np.float16 if "float16" in i.type else np.float32)
         feeds.update(past)
         return feeds
@@ -216,7 +230,7 @@ def run(spec: dict) -> dict:
         "cpu_mem_arena": spec["cpu_mem_arena"], "mem_pattern": spec["mem_pattern"], "process_threads": _process_threads(),
     }
     _phase("run")
-    feeds = _Feeds(np, sess, spec["vocab"])
+    feeds = _Feeds(np, sess, spec["vocab"], spec["graph"])
     warmup, runs, min_s = spec["warmup"], spec["runs"], spec["min_seconds"]
     result["decoder"], result["encoder"] = [], []
     if feeds.is_decoder:
