@@ -478,7 +478,7 @@ def quantize(
     calib: str = typer.Option("pydoc", help="int4 gptq: calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
     act_order: bool = typer.Option(True, help="int4 gptq: quantise columns by decreasing input energy (static group scales)"),
     damp: float = typer.Option(0.01, help="int4 gptq: Hessian dampening, as a fraction of its mean diagonal"),
-    eight_bit_budget: float = typer.Option(0.04, help="int4 gptq: share of linear weights that may stay 8-bit (worst stages first)"),
+    eight_bit_budget: float = typer.Option(0.0, help="int4 gptq: share of linear weights that may stay 8-bit (worst stages first)"),
     pack: bool = typer.Option(True, help="int4: one MatMulNBits for the linears that read the same input (q/k/v, gate/up)"),
     accuracy_level: int = typer.Option(4, help="int4: MatMulNBits compute: 4 = int8 activations (fast), 0 = fp32 (exact under padding, slower)"),
     verify: bool = typer.Option(True, help="compare with the PyTorch model it was exported from"),

@@ -151,7 +151,9 @@ def test_quantized_folder_runs_in_genai_like_a_plain_ort_loop(genai_exports, tin
 
     ids = tiny_tokenizer(PROMPT)["input_ids"]
     expected = OrtDecoder(session(out / "model.onnx")).greedy(np.array([ids], np.int64), NEW_TOKENS)
-    assert og_greedy(out, ids) == expected
+    got = og_greedy(out, ids)  # ORT GenAI stops at an end token; the plain loop does not
+    eos = config["model"]["eos_token_id"]
+    assert got == expected[:len(got)] and (len(got) == NEW_TOKENS or got[-1] in (eos if isinstance(eos, list) else [eos]))
 
 
 def test_symbolic_kv_sizes_as_the_genai_builder_writes_them_come_from_genai_config(genai_exports, tmp_path):

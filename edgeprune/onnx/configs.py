@@ -27,7 +27,7 @@ class QuantizeConfig:
     method: str = "gptq"  # int4 (symmetric): gptq = calibrated codes (pruned zeros held at 0), rtn = round to nearest
     calib: CalibConfig = field(default_factory=CalibConfig)  # int4 gptq: calibration text
     act_order: bool = True  # int4 gptq: columns by decreasing input energy, with static group scales
-    eight_bit_budget: float = 0.04  # int4 gptq: share of linear weights that may stay at 8 bits (largest GPTQ error first)
+    eight_bit_budget: float = 0.0  # int4 gptq: share of linear weights that may stay at 8 bits (largest GPTQ error first, whole stages)
     damp: float = 0.01  # int4 gptq: Hessian dampening, as a fraction of its mean diagonal
     pack: bool = True  # int4: linears that read the same input (q/k/v, gate/up) become one MatMulNBits + Split
 
