@@ -699,6 +699,7 @@ def test_quantize_folder_bad_input(pruned_llama_dir, pruned_llama_onnx, tmp_path
         ([str(src), "--scheme", "int3"], "unknown quantisation 'int3'"),
         ([str(src), "--method", "awq"], "unknown int4 method 'awq'"),
         ([str(src), "--head-bits", "3"], "head bits 3 is not 4 or 8"),
+        ([str(src), "--accuracy-level", "0", "--head-bits", "8"], "8-bit layers at int4 accuracy level 0"),
     ]
     for args, needle in cases:
         result = runner.invoke(app, ["quantize", *args, "--out", str(tmp_path / "q")])

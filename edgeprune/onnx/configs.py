@@ -46,6 +46,10 @@ class QuantizeConfig:
             raise EdgepruneError(f"head bits {self.head_bits} is not 4 or 8", "use head_bits = 4 (size, speed) or 8 (quality)")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise EdgepruneError(f"int4 accuracy level {self.accuracy_level} is not one of 0-4", "use 4 (int8 compute) or 0 (fp32)")
+        if self.scheme == "int4" and self.accuracy_level == 0 and (self.eight_bit_budget > 0 or self.head and self.head_bits == 8):
+            # ORT 1.32's 8-bit MatMulNBits at fp32 compute ran SmolLM2 10-25x slower than at level 4 (BENCHMARKS §9)
+            raise EdgepruneError("8-bit layers at int4 accuracy level 0 decode 10-25x slower on CPU",
+                                 "with --accuracy-level 0 use --head-bits 4 --eight-bit-budget 0")
 
 
 @dataclass(frozen=True)
