@@ -244,7 +244,7 @@ def fuse_norms(graph_model, float_type: int) -> tuple[int, int]:
     from onnx import TensorProto, helper, numpy_helper
 
     graph = graph_model.graph
-    inits = {t.name for t in graph.initializer}
+    inits = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
     readers: dict[str, list] = {}
     for n in graph.node:
@@ -255,7 +255,7 @@ def fuse_norms(graph_model, float_type: int) -> tuple[int, int]:
         n = producer.get(name)
         if n is not None and n.op_type == "Constant":
             return numpy_helper.to_array(n.attribute[0].t)
-        t = next((t for t in graph.initializer if t.name == name), None)
+        t = inits.get(name)
         return numpy_helper.to_array(t) if t is not None else None
 
     def scalar(name) -> float | None:
@@ -324,7 +324,7 @@ def fuse_norms(graph_model, float_type: int) -> tuple[int, int]:
                                 **({"axis": -1, "stash_type": 1} if op == "SimplifiedLayerNormalization" else {}))
         node.domain = domain
         add_nodes[id(weigh)] = node
-        width = next(t.dims for t in graph.initializer if t.name == weight)
+        width = inits[weight].dims
         typed += [helper.make_tensor_value_info(o, float_type, ["batch_size", "sequence_length", *width]) for o in outputs if o]
         drop.update(id(n) for n in chain if n is not weigh)
         fused += 1

@@ -259,10 +259,13 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
 PACKED_KEY = "edgeprune.packed"  # model metadata: packed B initializer → [[float initializer, first row, rows], ...]
 
 
+def _packed_table(model) -> dict[str, list]:
+    return json.loads(next((p.value for p in model.metadata_props if p.key == PACKED_KEY), None) or "{}")
+
+
 def packed_rows(model) -> dict[str, tuple[str, int, int]]:
     """float initializer → (packed B initializer, first row, rows) for every linear :func:`pack_matmuls` packed."""
-    entry = next((p.value for p in model.metadata_props if p.key == PACKED_KEY), None)
-    return {init: (packed, start, rows) for packed, parts in json.loads(entry or "{}").items() for init, start, rows in parts}
+    return {init: (packed, start, rows) for packed, parts in _packed_table(model).items() for init, start, rows in parts}
 
 
 def pack_matmuls(model, groups: list[list[str]]) -> int:
@@ -276,7 +279,7 @@ def pack_matmuls(model, groups: list[list[str]]) -> int:
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     by_weight = {n.input[1]: n for n in graph.node if n.op_type == "MatMulNBits"}
-    table = json.loads(next((p.value for p in model.metadata_props if p.key == PACKED_KEY), None) or "{}")
+    table = _packed_table(model)
     replace, drop, unused = {}, set(), set()
     for group in groups:
         nodes = [by_weight.get(f"{init}_Q4") for init in group]
