@@ -627,6 +627,57 @@ def demo(
     _run("smollm2-135m-2of4-attention-int4", out, device or ["this-host"], [])
 
 
+def _float_list(value: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise EdgepruneError(f"--{what} '{value}' is not a comma-separated list of numbers", f"write e.g. --{what} 0.8,0.65") from None
+
+
+@app.command()
+@user_errors
+def fit(
+    model: str = typer.Argument(..., help="HF folder, .gguf file, Hub id, or bundled alias (smollm2-135m, minilm-l6)"),
+    device: str = typer.Option(..., "--device", help="device profile (file or name); its budget fields are the default budget"),
+    out: Path = typer.Option(..., "--out", help="fit folder: model/ (the chosen ONNX model), report.*, cache/ (re-runs resume)"),
+    max_decode_ms: Optional[float] = typer.Option(None, help="decoders: mean decode ms/token"),
+    max_ttft_ms: Optional[float] = typer.Option(None, help="decoders: p90 time to first token, ms"),
+    max_latency_ms: Optional[float] = typer.Option(None, help="encoders: p90 ms for one sentence"),
+    max_memory_mb: Optional[float] = typer.Option(None, help="peak resident memory, MiB"),
+    max_size_mb: Optional[float] = typer.Option(None, help="model files on disk, MiB"),
+    keep: str = typer.Option("0.75,0.55", help="structured candidates: fractions of the block parameters kept"),
+    schemes: str = typer.Option("int4,int8", help="quantisation schemes to consider"),
+    drop_blocks: str = typer.Option("both", help="structured candidates with whole-block removal: both, no, yes"),
+    shortlist: int = typer.Option(3, help="candidates measured per round, best predicted quality first"),
+    measure_all: bool = typer.Option(False, help="measure every candidate (to check the predictions and the proxy's choice)"),
+    threads: Optional[int] = typer.Option(None, help="threads to measure with (default: the profile's, else every core)"),
+    text: str = typer.Option("pydoc", help="held-out text for quality: pydoc (its held-out split) or a .txt/.jsonl file"),
+    eval_windows: Optional[int] = typer.Option(None, help="windows of --text for the final quality (default: all)"),
+    local: bool = typer.Option(False, "--local", help="measure on this host even when the profile names a remote device"),
+):
+    """Find the best model that meets a device's budget: dense and structured candidates × int4/int8, predicted, then the
+    shortlist measured on the device; writes the chosen ONNX model and a report of every candidate."""
+    from edgeprune.fit import Budget, FitConfig, fit as run_fit
+
+    drops = {"both": (False, True), "no": (False,), "yes": (True,)}
+    if drop_blocks not in drops:
+        raise EdgepruneError(f"--drop-blocks '{drop_blocks}' is unknown", "use both, no or yes")
+    budget = Budget(decode_ms=max_decode_ms, ttft_ms=max_ttft_ms, latency_ms=max_latency_ms, memory_mb=max_memory_mb, size_mb=max_size_mb)
+    config = FitConfig(budget=budget, keeps=tuple(_float_list(keep, "keep")), schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
+                       drop_blocks=drops[drop_blocks], shortlist=shortlist, measure_all=measure_all, threads=threads, text=text,
+                       eval_windows=eval_windows, where="local" if local else "device")
+    try:
+        with _sigterm_as_interrupt():
+            report = run_fit(model, device, out, config, log=lambda line: typer.echo(line, err=True))
+    except KeyboardInterrupt:
+        _fail("interrupted; finished candidates are cached, run the same command again to resume", 130)
+    from edgeprune.report.fit import summary_lines
+
+    for line in summary_lines(report.to_dict()):
+        typer.echo(line.replace("**", "").replace("`", ""))
+    typer.echo(f"model → {out}/model; report → {out}/report.html")
+
+
 @app.command("list")
 def list_():
     """Registered pruning methods, patterns, exporters, quantisation modes, bundled models, recipes and device profiles."""

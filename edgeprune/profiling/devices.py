@@ -39,6 +39,7 @@ class DeviceProfile:
     memory_limit_mb: float | None = None  # hard cap: the measuring process is killed above it
     latency_p90_ms_budget: float | None = None  # pass/fail on p90 latency (encoders) or time to first token (decoders)
     decode_ms_per_token_budget: float | None = None  # pass/fail on mean decode ms/token
+    nm_kernels: bool = False  # the runtime has N:M sparse kernels (N:M pruning saves time or memory); no CPU runtime does
     warmup: int = 10
     runs: int = 30
     min_seconds: float = 0.0  # keep measuring until both `runs` and this duration are reached

@@ -50,8 +50,40 @@ class LatencyCost:
                                   for (k, c), s in zip(arch, self.spaces) if k)
 
 
-def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: int, runs: int = 30) -> float:
-    """Median ms of x → x + (x·A_i)·B_i for each (A_i: hidden×w, B_i: w×hidden) — or gated (x·G ⊙ x·U)·D with ``gated``."""
+def _quantized_chain(model, scheme: str) -> bytes:
+    """``model`` with its MatMuls quantised as ``edgeprune quantize`` does (int4: MatMulNBits, int8: dynamic MatMulInteger)."""
+    import logging
+
+    if scheme == "int4":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+        level = log.level
+        log.setLevel(logging.WARNING)
+        try:
+            quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
+            quantizer.process()
+        finally:
+            log.setLevel(level)
+        return quantizer.model.model.SerializeToString()
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="edgeprune-chain-") as tmp:
+        onnx.save(model, f"{tmp}/f.onnx")
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(f"{tmp}/f.onnx", f"{tmp}/q.onnx", weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        finally:
+            root.setLevel(level)
+        return Path(f"{tmp}/q.onnx").read_bytes()
+
+
+def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: int, runs: int = 30, scheme: str = "none") -> float:
+    """Median ms of x → x + (x·A_i)·B_i for each (A_i: hidden×w, B_i: w×hidden) — or gated (x·G ⊙ x·U)·D with two inputs;
+    the MatMuls quantised as ``scheme`` (none, int8, int4) quantises them."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
@@ -75,10 +107,11 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [tokens, hidden])],
                               [helper.make_tensor_value_info(x, TensorProto.FLOAT, [tokens, hidden])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = model.SerializeToString() if scheme == "none" else _quantized_chain(model, scheme)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     feed = {"x": rng.standard_normal((tokens, hidden), dtype=np.float32)}
     for _ in range(5):
         sess.run(None, feed)
@@ -90,9 +123,10 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
     return statistics.median(times)
 
 
-def _measured_ms(loaded, device, threads: int, model=None) -> float:
-    """Export the model (or ``model``, a changed copy) and measure it once on ``device``: decode p50 ms/token or one encoder call."""
-    from edgeprune.onnx import ExportConfig, export
+def _measured_ms(loaded, device, threads: int, model=None, scheme: str = "none") -> float:
+    """Export the model (or ``model``, a changed copy), quantise it as ``scheme`` (round to nearest: latency does not depend
+    on how the codes were chosen) and measure it once on ``device``: decode p50 ms/token or one encoder call."""
+    from edgeprune.onnx import ExportConfig, QuantizeConfig, export, quantize
     from edgeprune.profiling import Workload, profile
     from edgeprune.structured.layout import save_layout_folder
 
@@ -101,9 +135,13 @@ def _measured_ms(loaded, device, threads: int, model=None) -> float:
         if model is not None:  # saved as a structured folder: its blocks may differ in size
             source = Path(tmp) / "hf"
             save_layout_folder(model, loaded.adapter, loaded.tokenizer, source)
-        export(str(source), Path(tmp) / "onnx", ExportConfig(verify=False))
+        graph = Path(tmp) / "onnx"
+        export(str(source), graph, ExportConfig(verify=False))
+        if scheme != "none":
+            quantize(graph, Path(tmp) / "q", QuantizeConfig(scheme=scheme, method="rtn"), verify=False)
+            graph = Path(tmp) / "q"
         workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
-        report = profile([Path(tmp) / "onnx"], device, [threads], Path(tmp) / "profile", workload=workload)
+        report = profile([graph], device, [threads], Path(tmp) / "profile", workload=workload)
     run = report.variants[0].runs[0]
     if not run.ok:
         raise EdgepruneError(f"the model could not be measured on '{device.name}': {run.reason}",
@@ -130,12 +168,15 @@ def _cut(loaded, blocks: int, narrow: bool):
     return model
 
 
-def latency_cost(loaded, spaces: Sequence[Space], config, progress: Callable[[str, int, int], None] | None = None) -> tuple[LatencyCost, dict]:
-    """Measure the latency model for ``loaded`` on ``config.latency_device``; returns it and what was measured."""
-    from edgeprune.profiling.devices import load_device
+def latency_cost(loaded, spaces: Sequence[Space], device, progress: Callable[[str, int, int], None] | None = None,
+                 scheme: str = "none", threads: int | None = None) -> tuple[LatencyCost, dict]:
+    """Measure the latency model for ``loaded`` on ``device`` (a profile, or its name / .toml), its graphs quantised as
+    ``scheme`` (none, int8, int4), at ``threads`` (default: the profile's, else every usable core); returns it and what
+    was measured."""
+    from edgeprune.profiling.devices import DeviceProfile, load_device
 
-    device = load_device(config.latency_device)
-    threads = device.intra_op_threads or len(os.sched_getaffinity(0))
+    device = device if isinstance(device, DeviceProfile) else load_device(device)
+    threads = threads or device.intra_op_threads or len(os.sched_getaffinity(0))
     blocks = loaded.adapter.blocks(loaded.model)
     units = [loaded.adapter.units(b) for b in blocks]
     hidden = blocks[0].get_submodule(units[0].head_cols).out_features
@@ -149,16 +190,16 @@ def latency_cost(loaded, spaces: Sequence[Space], config, progress: Callable[[st
     tick = (lambda i: progress("latency", i, total)) if progress else (lambda i: None)
     attn = {}
     for i, h in enumerate(head_counts):
-        attn[h] = _chain_ms(hidden, [(h * head_dim, 1)] * n, tokens, threads) / n
+        attn[h] = _chain_ms(hidden, [(h * head_dim, 1)] * n, tokens, threads, scheme=scheme) / n
         tick(i + 1)
     mlp = []
     for i, w in enumerate(widths):
-        mlp.append(_chain_ms(hidden, [(w, len(units[0].channel_rows))] * n, tokens, threads) / n)
+        mlp.append(_chain_ms(hidden, [(w, len(units[0].channel_rows))] * n, tokens, threads, scheme=scheme) / n)
         tick(len(head_counts) + i + 1)
-    dense = _measured_ms(loaded, device, threads)
+    dense = _measured_ms(loaded, device, threads, scheme=scheme)
     few = min(4, n - 1)
-    cut = _measured_ms(loaded, device, threads, _cut(loaded, few, narrow=False)) if n > 1 else dense
-    narrow = _measured_ms(loaded, device, threads, _cut(loaded, max(few, 1), narrow=True))
+    cut = _measured_ms(loaded, device, threads, _cut(loaded, few, narrow=False), scheme) if n > 1 else dense
+    narrow = _measured_ms(loaded, device, threads, _cut(loaded, max(few, 1), narrow=True), scheme)
     tick(total)
     widths_ms = [attn[u.num_heads] + float(np.interp(u.channels, widths, mlp)) for u in units]
     first = units[: max(few, 1)]
@@ -169,9 +210,20 @@ def latency_cost(loaded, spaces: Sequence[Space], config, progress: Callable[[st
     per_block = (dense - cut) / (n - few) if n > few else dense / n
     block_ms = per_block - scale * sum(widths_ms) / n
     cost = LatencyCost(tuple(spaces), dense - n * per_block, block_ms, scale, attn, tuple(widths), tuple(mlp))
-    info = {"device": device.name, "threads": threads, "tokens": tokens, "measured_dense_ms": round(dense, 3),
+    info = {"device": device.name, "scheme": scheme, "threads": threads, "tokens": tokens, "measured_dense_ms": round(dense, 3),
             f"measured_first_{few}_blocks_ms": round(cut, 3), f"measured_first_{few}_blocks_narrowed_ms": round(narrow, 3),
             "matmul_scale": round(scale, 3), "block_fixed_ms": round(block_ms, 4),
             "dense_blocks_matmul_ms": round(scale * sum(widths_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
             "mlp_ms_per_block": {str(w): round(t, 4) for w, t in zip(widths, mlp)}}
     return cost, info
+
+
+def cost_to_dict(cost: LatencyCost) -> dict:
+    """A latency model as JSON (its spaces are rebuilt from the model when it is read back)."""
+    return {"base_ms": cost.base_ms, "block_ms": cost.block_ms, "scale": cost.scale, "attn_ms": {str(k): v for k, v in cost.attn_ms.items()},
+            "mlp_widths": list(cost.mlp_widths), "mlp_ms": list(cost.mlp_ms)}
+
+
+def cost_from_dict(data: dict, spaces: Sequence[Space]) -> LatencyCost:
+    return LatencyCost(tuple(spaces), data["base_ms"], data["block_ms"], data["scale"], {int(k): v for k, v in data["attn_ms"].items()},
+                       tuple(data["mlp_widths"]), tuple(data["mlp_ms"]))

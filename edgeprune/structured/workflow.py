@@ -175,7 +175,7 @@ def choose_arch(loaded, config: StructuredConfig, scores: list[UnitScores], cali
     if config.target_latency_ms is not None or config.target_speedup is not None:
         from edgeprune.structured.latency import latency_cost
 
-        lat_cost, latency = latency_cost(loaded, spaces, config, progress)
+        lat_cost, latency = latency_cost(loaded, spaces, config.latency_device, progress)
         # a speed-up is against the dense model as measured in the same latency model, so run-to-run drift cancels
         ms = config.target_latency_ms or lat_cost(dense_arch(spaces)) / config.target_speedup
         latency["budget_ms"] = round(ms, 3)
