@@ -1,0 +1,263 @@
+"""`edgeprune fit`: candidates, budgets, the choice rule, the report's Pareto data, the cache, and a whole run on a tiny
+model (CLI included)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import error_line, make_tiny_llama
+from edgeprune.cli import app
+from edgeprune.data import CalibConfig
+from edgeprune.errors import EdgepruneError
+from edgeprune.fit import Budget, Candidate, FitConfig, fit, generate_candidates, parse_budget, resolve_budget
+from edgeprune.fit.workflow import Entry, choose, closest, no_fit_error, pareto_front, shortlist
+from edgeprune.onnx.configs import QuantizeConfig
+from edgeprune.profiling.devices import load_device
+from edgeprune.profiling.workflow import Workload
+from edgeprune.report.fit import candidate_table, pareto_points, to_html, to_markdown
+from edgeprune.structured import StructuredConfig
+
+runner = CliRunner()
+
+
+# --- candidates -------------------------------------------------------------------------------------------
+
+
+def test_candidates_cover_dense_structured_and_nm_only_with_kernels():
+    cands = generate_candidates(keeps=(0.6, 0.8), schemes=("int4", "int8"), drop_blocks=(False, True))
+    keys = [c.key for c in cands]
+    assert keys[:3] == ["dense-int4-h4", "dense-int4-h8", "dense-int8"]
+    # each keep ratio (largest first) × block removal × scheme; int4 structured with a 4-bit head
+    assert keys[3:] == ["keep80-int4-h4", "keep80-int8", "keep80-drop-int4-h4", "keep80-drop-int8",
+                        "keep60-int4-h4", "keep60-int8", "keep60-drop-int4-h4", "keep60-drop-int8"]
+    assert len(set(keys)) == len(keys)
+    assert not any(c.sparsity for c in cands)
+    with_nm = generate_candidates(keeps=(0.6,), schemes=("int4",), drop_blocks=(False,), nm_kernels=True)
+    assert [c.key for c in with_nm if c.sparsity] == ["2of4-wanda-int4-h4"]
+    assert Candidate(keep=0.6).structure == Candidate(keep=0.6, scheme="int8").structure == "keep60"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(keeps=(1.2,)), "keep ratio 1.2"),
+    (dict(keeps=(0.5, 0.5)), "repeat"),
+    (dict(schemes=("fp8",)), "unknown quantisation 'fp8'"),
+    (dict(schemes=()), "no quantisation scheme"),
+    (dict(nm_kernels=True, nm_patterns=("5:4",)), "5:4"),
+])
+def test_candidate_errors(kwargs, message):
+    with pytest.raises(EdgepruneError, match=message):
+        generate_candidates(**kwargs)
+
+
+def test_shipped_cpu_profiles_declare_no_nm_kernels():
+    from edgeprune.profiling.devices import devices_dir
+
+    profiles = sorted(devices_dir().glob("*.toml"))
+    assert profiles and all(load_device(p).nm_kernels is False for p in profiles)
+
+
+# --- budgets ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"decode_ms": -1}, "must be positive"),
+    ({"memory_mb": 0}, "must be positive"),
+    ({"speed": 3}, "unknown budget key 'speed'"),
+    ({"size_mb": "big"}, "is not a number"),
+])
+def test_budget_errors(values, message):
+    with pytest.raises(EdgepruneError, match=message):
+        parse_budget(values)
+
+
+def test_budget_comes_from_the_profile_and_flags_replace_it():
+    phone = load_device("phone-arm-big4")  # memory 512, p90 400, decode 50
+    dec = resolve_budget({"decode_ms": 20}, phone, is_decoder=True)
+    assert dec.limits() == {"decode_ms": 20, "ttft_ms": 400, "memory_mb": 512}
+    enc = resolve_budget({}, phone, is_decoder=False)
+    assert enc.limits() == {"latency_ms": 400, "memory_mb": 512}
+    with pytest.raises(EdgepruneError, match="does not apply to an encoder"):
+        resolve_budget({"decode_ms": 5}, phone, is_decoder=False)
+    with pytest.raises(EdgepruneError, match="no budget given"):
+        resolve_budget({}, load_device("this-host"), is_decoder=True)
+    b = Budget(decode_ms=10, size_mb=100)
+    assert b.misses({"decode_ms": 12, "size_mb": 50}) == {"decode_ms": pytest.approx(1.2)}
+    assert b.misses({"size_mb": 50}) == {"decode_ms": float("inf")}  # a figure not measured cannot pass
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-decode-ms", "-2"], "must be positive"),
+    (["--max-memory-mb", "0"], "must be positive"),
+    (["--max-latency-ms", "5"], "does not apply to a decoder"),
+    ([], "no budget given"),
+    (["--max-decode-ms", "5", "--keep", "0.5,x"], "not a comma-separated list"),
+    (["--max-decode-ms", "5", "--drop-blocks", "maybe"], "--drop-blocks 'maybe'"),
+    (["--max-decode-ms", "5", "--device", "no-such-device"], "no-such-device"),
+])
+def test_fit_cli_bad_input_is_one_line_and_writes_nothing(args, message, tiny_llama_dir, tmp_path):
+    device = ["--device", "this-host"] if "--device" not in args else []
+    result = runner.invoke(app, ["fit", str(tiny_llama_dir), *device, "--out", str(tmp_path / "fit"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in error_line(result)
+    assert not (tmp_path / "fit" / "model").exists() and not (tmp_path / "fit" / "report.json").exists()
+
+
+def test_fit_refuses_an_out_folder_that_is_not_a_fit_folder(tiny_llama_dir, tmp_path):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(EdgepruneError, match="not a fit folder"):
+        fit(str(tiny_llama_dir), "this-host", tmp_path / "other", FitConfig(budget=Budget(decode_ms=5)))
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+# --- the choice rule on synthetic measurements ------------------------------------------------------------
+
+
+def _entry(key_keep: float, scheme: str, predicted: dict, measured: dict | None = None) -> Entry:
+    return Entry(Candidate(keep=key_keep, scheme=scheme), predicted=predicted, measured=measured or {})
+
+
+def test_choice_is_the_best_measured_quality_that_meets_every_limit():
+    budget = Budget(decode_ms=8, memory_mb=300)
+    fast_bad = _entry(0.5, "int4", {}, {"decode_ms": 6, "memory_mb": 200, "quality": 30})
+    fast_good = _entry(0.7, "int4", {}, {"decode_ms": 7.9, "memory_mb": 290, "quality": 20})
+    best_but_slow = _entry(1.0, "int4", {}, {"decode_ms": 9, "memory_mb": 250, "quality": 12})
+    too_big = _entry(0.7, "int8", {}, {"decode_ms": 5, "memory_mb": 400, "quality": 15})
+    predicted_only = _entry(0.6, "int4", {"decode_ms": 6, "memory_mb": 100, "quality": 1})  # never chosen unmeasured
+    entries = [fast_bad, fast_good, best_but_slow, too_big, predicted_only]
+    assert choose(entries, budget) is fast_good
+    assert choose(entries, Budget(decode_ms=5.5)) is too_big
+    assert choose(entries, Budget(decode_ms=1)) is None
+    entry, misses, how = closest(entries, Budget(decode_ms=1))
+    assert entry is too_big and how == "measured" and misses == {"decode_ms": 5}
+    message = str(no_fit_error(entries, Budget(decode_ms=1)))
+    assert "closest: structured 70% + int8" in message and "5.00×" in message and "\n" not in message
+
+
+def test_shortlist_takes_the_predicted_front_near_the_budget_and_skips_what_cannot_beat_the_choice():
+    budget = Budget(decode_ms=10)
+    a = _entry(0.8, "int4", {"decode_ms": 9, "memory_mb": 100, "size_mb": 50, "quality": 14})
+    b = _entry(0.7, "int4", {"decode_ms": 8, "memory_mb": 100, "size_mb": 50, "quality": 16})
+    dominated = _entry(0.6, "int8", {"decode_ms": 9.5, "memory_mb": 120, "size_mb": 60, "quality": 17})
+    near = _entry(0.9, "int4", {"decode_ms": 11, "memory_mb": 100, "size_mb": 50, "quality": 12})  # 10% over: within the margin
+    far = _entry(0.95, "int4", {"decode_ms": 13, "memory_mb": 100, "size_mb": 50, "quality": 11})
+    entries = [a, b, dominated, near, far]
+    keys = ("decode_ms", "memory_mb", "size_mb")
+    assert set(map(id, pareto_front([a, b, dominated], ("quality", *keys)))) == {id(a), id(b)}
+    assert shortlist(entries, budget, 0.15, 3, keys) == [near, a, b]
+    assert shortlist(entries, budget, 0.15, 1, keys) == [near]
+    # once a measured candidate meets the budget at quality 15, only what is predicted to beat it is left
+    measured = _entry(1.0, "int4", {}, {"decode_ms": 9, "quality": 15})
+    assert shortlist(entries + [measured], budget, 0.15, 5, keys) == [near, a]
+
+
+def test_report_pareto_points_mark_the_front_the_budget_and_the_choice():
+    data = {"model": "m", "device": "d", "threads": 2, "budget": {"decode_ms": 8}, "quality_metric": "perplexity", "chosen": "b",
+            "rounds": 1, "seconds": 3.0, "measured_all": False, "shortlist_choice": "b", "entries": [
+                {"key": "a", "label": "A", "measured": {"decode_ms": 10, "quality": 11, "memory_mb": 300}, "predicted": {},
+                 "meets_budget": False, "misses": {"decode_ms": 1.25}, "basis": "measured", "shortlisted": False,
+                 "candidate": {"keep": 1.0, "sparsity": None}},
+                {"key": "b", "label": "B", "measured": {"decode_ms": 7, "quality": 14, "memory_mb": 200},
+                 "predicted": {"decode_ms": 7.5, "quality": 15}, "meets_budget": True, "misses": {}, "basis": "model",
+                 "shortlisted": True, "candidate": {"keep": 0.6, "sparsity": None}},
+                {"key": "c", "label": "C", "measured": {"decode_ms": 7.5, "quality": 16, "memory_mb": 250}, "predicted": {"quality": 15},
+                 "meets_budget": True, "misses": {}, "basis": "model", "shortlisted": True, "candidate": {"keep": 0.5, "sparsity": None}},
+                {"key": "d", "label": "D", "measured": {}, "predicted": {"decode_ms": 5, "quality": 40}, "meets_budget": False,
+                 "misses": {}, "basis": "model", "shortlisted": False, "candidate": {"keep": 0.4, "sparsity": None}}]}
+    points = {p["key"]: p for p in pareto_points(data)}
+    assert set(points) == {"a", "b", "c"}  # only measured candidates are drawn
+    assert points["a"]["pareto"] and points["b"]["pareto"] and not points["c"]["pareto"]  # c: slower, worse, bigger than b
+    assert points["b"]["chosen"] and not points["a"]["meets_budget"]
+    headers, rows = candidate_table(data)
+    assert rows[1][0].startswith("★ ") and rows[0][-1].startswith("FAIL decode ×1.25") and rows[3][-1] == "not measured"
+    assert "0.25" not in rows[1][headers.index("pred./meas. speed")] and rows[1][headers.index("pred./meas. speed")] == "1.07"
+    assert "Pruning pays here" in to_markdown(data)
+    assert "<img" in to_html(data)
+
+
+# --- a whole run on a tiny model --------------------------------------------------------------------------
+
+
+TINY = FitConfig(
+    keeps=(0.5,), schemes=("int4",), drop_blocks=(False,), seqlen=32, proxy_windows=2, eval_windows=4,
+    structured=StructuredConfig(calib=CalibConfig(samples=4, seqlen=32), search_samples=2, search_seqlen=32, population=4, generations=2),
+    quantize=QuantizeConfig(calib=CalibConfig(samples=4, seqlen=32)),
+    workload=Workload(prompt_lengths=(16,), decode_tokens=4, op_profile=False),
+)
+
+
+@pytest.fixture(scope="module")
+def gqa_dir(tmp_path_factory, tiny_tokenizer):
+    path = tmp_path_factory.mktemp("fit-llama")
+    make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2, hidden_size=96,
+                    intermediate_size=256, initializer_range=0.2, max_position_embeddings=1024).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_device(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fit-device") / "tiny-host.toml"
+    path.write_text('name = "tiny-host"\nintra_op_threads = 1\nwarmup = 1\nruns = 3\n')
+    return path
+
+
+def test_fit_end_to_end_caches_resumes_and_fails_loudly(gqa_dir, tiny_device, tmp_path, monkeypatch):
+    import dataclasses
+
+    import edgeprune.fit.workflow as workflow
+
+    out = tmp_path / "fit"
+    # Ctrl-C in the middle (while the structured candidate is being made): finished stages stay, nothing else is written
+    real_structured = workflow._Fit.torch_model
+
+    def interrupted(self, c):
+        if c.keep < 1:
+            raise KeyboardInterrupt
+        return real_structured(self, c)
+
+    monkeypatch.setattr(workflow._Fit, "torch_model", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(str(gqa_dir), tiny_device, out, dataclasses.replace(TINY, budget=Budget(decode_ms=1e6)))
+    finished = {p.name for p in (out / "cache").iterdir() if (p / "meta.json").is_file()}
+    assert {"onnx-dense", "quant-dense-int4-h4", "profile-dense-int4-h4"} <= finished
+    assert not (out / "model").exists() and not (out / "report.json").exists()
+    assert not [p for p in (out / "cache").iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(workflow._Fit, "torch_model", real_structured)
+
+    logs: list[str] = []
+    report = fit(str(gqa_dir), tiny_device, out, dataclasses.replace(TINY, budget=Budget(decode_ms=1e6), measure_all=True), log=logs.append)
+    assert not any(line.startswith(("onnx-dense", "profile-dense")) for line in logs)  # resumed: the dense stages were not redone
+    assert any(line.startswith("torch-keep50") for line in logs)
+    keys = {e.candidate.key for e in report.entries}
+    assert keys == {"dense-int4-h4", "dense-int4-h8", "keep50-int4-h4"}
+    assert all(e.measured.get("decode_ms") and e.measured.get("quality") for e in report.entries)
+    pruned = report.entry("keep50-int4-h4")
+    assert pruned.predicted["decode_ms"] > 0 and pruned.predicted["size_mb"] < report.entry("dense-int4-h4").measured["size_mb"]
+    assert report.chosen == min(report.entries, key=lambda e: e.measured["quality"]).candidate.key  # the loose budget: best quality
+    shipped = out / "model"
+    assert (shipped / "model.onnx").is_file() and json.loads((shipped / "fit.json").read_text())["chosen"] == report.chosen
+    data = json.loads((out / "report.json").read_text())
+    assert data["chosen"] == report.chosen and len(data["entries"]) == 3 and (out / "report.html").read_text().count("<img") == 1
+
+    # a re-run with another budget measures nothing again; the choice follows the new budget
+    fastest = min(report.entries, key=lambda e: e.measured["decode_ms"])
+    logs.clear()
+    again = fit(str(gqa_dir), tiny_device, out, dataclasses.replace(TINY, budget=Budget(decode_ms=fastest.measured["decode_ms"] * 1.0001),
+                                                                     measure_all=True), log=logs.append)
+    assert logs == [] or all(line.startswith(("round", "predicting")) for line in logs), logs
+    assert again.entry(again.chosen).measured["decode_ms"] <= fastest.measured["decode_ms"] * 1.0001
+
+    # nothing can meet 1 µs/token: one line naming the closest candidate, exit 2, the previous model left as it was
+    before = (shipped / "fit.json").read_text()
+    result = runner.invoke(app, ["fit", str(gqa_dir), "--device", str(tiny_device), "--out", str(out), "--max-decode-ms", "0.001",
+                                 "--keep", "", "--schemes", "int4"])  # dense int4 only (the CLI's default configs: stages made anew)
+    assert result.exit_code == 2
+    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]  # progress lines come before it on stderr
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0]
+    line = errors[0]
+    assert "no candidate meets the budget" in line and "closest:" in line and "loosen the budget" in line
+    assert (shipped / "fit.json").read_text() == before
