@@ -110,6 +110,22 @@ def _structured(ctx: StepContext, config, out: Path) -> dict:
             "structured_seconds": round(report.seconds, 1)}
 
 
+def _fit(ctx: StepContext, config, out: Path) -> dict:
+    """Search on the run's first device; the step folder is the chosen ONNX model (fit's report in fit-report/). The
+    candidates are cached in the run folder (fit-cache/), so a stopped run, or one with another budget, resumes."""
+    from edgeprune.fit import fit
+
+    work = ctx.run.out / "fit-cache"
+    report = fit(str(ctx.model), ctx.run.devices[0], work, config, log=ctx.progress.message)
+    shutil.copytree(work / "model", out, dirs_exist_ok=True)
+    (out / "fit-report").mkdir()
+    for name in ("report.json", "report.md", "report.html"):
+        shutil.copy2(work / name, out / "fit-report" / name)
+    chosen = report.entry(report.chosen)
+    return {"chosen": chosen.candidate.label, "budget": report.budget, "measured": chosen.measured,
+            "candidates": len(report.entries), "measured_candidates": sum(e.is_measured for e in report.entries)}
+
+
 def _export(ctx: StepContext, config, out: Path) -> dict:
     from edgeprune.onnx import export
 
@@ -158,6 +174,7 @@ def _report(ctx: StepContext, config, out: Path) -> dict:
 
 def _register_steps() -> None:
     from edgeprune.evaluation import EvalConfig
+    from edgeprune.fit import FitConfig
     from edgeprune.onnx import ExportConfig, QuantizeConfig
     from edgeprune.profiling import ProfileConfig
     from edgeprune.pruning import PruneConfig
@@ -169,6 +186,8 @@ def _register_steps() -> None:
         "nm": Step(NMConfig, TORCH, TORCH, _nm, "convert a pruned model to N:M by re-fitting inside the pattern"),
         "structured": Step(StructuredConfig, TORCH, TORCH, _structured,
                            "remove attention heads and MLP channels under a size or latency budget (really smaller)"),
+        "fit": Step(FitConfig, TORCH, ONNX, _fit, "the best model (dense/structured × int4/int8) that meets the device's budget, "
+                                                  "measured on the run's first device"),
         "export": Step(ExportConfig, TORCH, ONNX, _export, "export to ONNX, verified against PyTorch", changes_model=False),
         "quantize": Step(QuantizeConfig, ONNX, ONNX, _quantize, "quantise the exported graph (int8 / int4), zeros kept"),
         "eval": Step(EvalConfig, None, None, _eval, "held-out perplexity or embedding cosine of the current model", changes_model=False),
@@ -446,6 +465,8 @@ class _Run:
             inputs = [keys[p.input]]
             if p.kind in ("profile", "report"):
                 inputs += [keys[s.folder] for s in steps] + [d.to_dict() for d in self.devices]
+            if p.kind == "fit":  # measured on the first device
+                inputs.append(self.devices[0].to_dict())
             if p.kind == "report":  # the report also quotes the command that reproduces it
                 inputs += [r.text, list(r.sets), str(self.out), self.device_specs]
             p.key = _digest({"kind": p.kind, "config": dataclasses.asdict(p.config), "inputs": inputs, "edgeprune": __version__})
@@ -575,7 +596,7 @@ def run_recipe(
     progress = progress or _Quiet()
     out = (Path(out) if out is not None else Path("runs") / recipe.name).absolute()
     device_specs = list(devices) if devices else list(recipe.header.devices)
-    needs_devices = recipe.step("profile") is not None
+    needs_devices = recipe.step("profile") is not None or recipe.step("fit") is not None
     loaded_devices = [load_device(d) for d in device_specs] if needs_devices else []
     if len({d.name for d in loaded_devices}) != len(loaded_devices):
         raise EdgepruneError("two device profiles share a name", "give each device profile its own name")

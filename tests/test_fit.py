@@ -261,3 +261,44 @@ def test_fit_end_to_end_caches_resumes_and_fails_loudly(gqa_dir, tiny_device, tm
     line = errors[0]
     assert "no candidate meets the budget" in line and "closest:" in line and "loosen the budget" in line
     assert (shipped / "fit.json").read_text() == before
+
+
+def test_fit_is_a_recipe_step_whose_folder_is_the_chosen_model(gqa_dir, tiny_device, tmp_path):
+    from edgeprune.recipes import run_recipe
+
+    recipe = tmp_path / "fit.toml"
+    recipe.write_text(f"""
+[recipe]
+name = "tiny-fit"
+model = "{gqa_dir}"
+devices = ["{tiny_device}"]
+baseline = false
+
+[fit]
+keeps = []
+schemes = ["int4"]
+seqlen = 32
+proxy_windows = 2
+eval_windows = 2
+budget = {{ decode_ms = 1e6, size_mb = 1e6 }}
+quantize = {{ calib = {{ samples = 4, seqlen = 32 }} }}
+workload = {{ prompt_lengths = [16], decode_tokens = 4, op_profile = false }}
+
+[eval]
+seqlen = 32
+max_windows = 2
+
+[report]
+""")
+    result = run_recipe(recipe, tmp_path / "run")
+    step = next(p for p in (tmp_path / "run").iterdir() if p.name.endswith("-fit"))
+    assert (step / "model.onnx").is_file() and (step / "fit-report" / "report.html").is_file()
+    meta = json.loads((step / "meta.json").read_text())
+    assert meta["outputs"]["chosen"].startswith("dense + int4") and meta["outputs"]["candidates"] == 2
+    assert (tmp_path / "run" / "fit-cache" / "cache").is_dir()
+    assert result is not None
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe.read_text().replace("decode_ms = 1e6", "speed = 3"))
+    with pytest.raises(EdgepruneError, match="speed"):
+        run_recipe(bad, tmp_path / "run-bad")
+    assert not (tmp_path / "run-bad").exists()
