@@ -640,11 +640,11 @@ def fit(
     model: str = typer.Argument(..., help="HF folder, .gguf file, Hub id, or bundled alias (smollm2-135m, minilm-l6)"),
     device: str = typer.Option(..., "--device", help="device profile (file or name); its budget fields are the default budget"),
     out: Path = typer.Option(..., "--out", help="fit folder: model/ (the chosen ONNX model), report.*, cache/ (re-runs resume)"),
-    max_decode_ms: Optional[float] = typer.Option(None, help="decoders: mean decode ms/token"),
-    max_ttft_ms: Optional[float] = typer.Option(None, help="decoders: p90 time to first token, ms"),
-    max_latency_ms: Optional[float] = typer.Option(None, help="encoders: p90 ms for one sentence"),
-    max_memory_mb: Optional[float] = typer.Option(None, help="peak resident memory, MiB"),
-    max_size_mb: Optional[float] = typer.Option(None, help="model files on disk, MiB"),
+    max_decode_ms: Optional[str] = typer.Option(None, help="decoders: mean decode ms/token (or e.g. 0.8x: that × dense int4's, measured)"),
+    max_ttft_ms: Optional[str] = typer.Option(None, help="decoders: p90 time to first token, ms (or a multiple, 0.8x)"),
+    max_latency_ms: Optional[str] = typer.Option(None, help="encoders: p90 ms for one sentence (or a multiple, 0.8x)"),
+    max_memory_mb: Optional[str] = typer.Option(None, help="peak resident memory, MiB (or a multiple, 0.8x)"),
+    max_size_mb: Optional[str] = typer.Option(None, help="model files on disk, MiB (or a multiple, 0.8x)"),
     keep: str = typer.Option("0.75,0.55", help="structured candidates: fractions of the block parameters kept"),
     schemes: str = typer.Option("int4,int8", help="quantisation schemes to consider"),
     drop_blocks: str = typer.Option("both", help="structured candidates with whole-block removal: both, no, yes"),
@@ -658,11 +658,15 @@ def fit(
     """Find the best model that meets a device's budget: dense and structured candidates × int4/int8, predicted, then the
     shortlist measured on the device; writes the chosen ONNX model and a report of every candidate."""
     from edgeprune.fit import Budget, FitConfig, fit as run_fit
+    from edgeprune.fit.budget import parse_limit
 
     drops = {"both": (False, True), "no": (False,), "yes": (True,)}
     if drop_blocks not in drops:
         raise EdgepruneError(f"--drop-blocks '{drop_blocks}' is unknown", "use both, no or yes")
-    budget = Budget(decode_ms=max_decode_ms, ttft_ms=max_ttft_ms, latency_ms=max_latency_ms, memory_mb=max_memory_mb, size_mb=max_size_mb)
+    limits = {key: parse_limit(text, f"--max-{key.replace('_', '-')}")
+              for key, text in (("decode_ms", max_decode_ms), ("ttft_ms", max_ttft_ms), ("latency_ms", max_latency_ms),
+                                ("memory_mb", max_memory_mb), ("size_mb", max_size_mb))}
+    budget = Budget(**{k: v for k, (v, _) in limits.items()}, relative=tuple(k for k, (_, rel) in limits.items() if rel))
     config = FitConfig(budget=budget, keeps=tuple(_float_list(keep, "keep")), schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
                        drop_blocks=drops[drop_blocks], shortlist=shortlist, measure_all=measure_all, threads=threads, text=text,
                        eval_windows=eval_windows, where="local" if local else "device")

@@ -302,3 +302,19 @@ max_windows = 2
     with pytest.raises(EdgepruneError, match="speed"):
         run_recipe(bad, tmp_path / "run-bad")
     assert not (tmp_path / "run-bad").exists()
+
+
+def test_relative_limits_are_multiples_of_the_reference_figures():
+    from edgeprune.fit.budget import parse_limit
+
+    assert parse_limit("0.8x", "--max-decode-ms") == (0.8, True) and parse_limit("12", "--max-decode-ms") == (12.0, False)
+    with pytest.raises(EdgepruneError, match="'fast' is not a number"):
+        parse_limit("fast", "--max-decode-ms")
+    b = Budget(decode_ms=0.8, size_mb=90, relative=("decode_ms",))
+    assert "0.8× dense int4" in b.describe()
+    assert b.absolute({"decode_ms": 10.0, "size_mb": 80}, "dense").limits() == {"decode_ms": pytest.approx(8.0), "size_mb": 90}
+    with pytest.raises(EdgepruneError, match="relative but has no limit"):
+        Budget(relative=("decode_ms",))
+    with pytest.raises(EdgepruneError, match="has no decode figure"):
+        b.absolute({}, "dense")
+    assert parse_budget({"decode_ms": 0.8, "relative": ["decode_ms"]}).relative == ("decode_ms",)

@@ -98,7 +98,8 @@ class FitReport:
     model: str
     device: str
     threads: int
-    budget: dict
+    budget: dict  # the limits as figures
+    budget_rule: str  # the budget as given (relative limits with the figure they came to)
     quality_metric: str  # perplexity (lower is better) or embedding_cosine (higher is better)
     entries: list[Entry]
     chosen: str | None
@@ -380,7 +381,7 @@ def fit(model: str, device, out: str | Path, config: FitConfig = FitConfig(), lo
     check_writable(out)
     candidates = generate_candidates(config.keeps, config.schemes, config.drop_blocks, device.nm_kernels, config.nm_patterns)
     state = _Fit(model, device, out, config, log)
-    budget = resolve_budget(config.budget.limits(), device, state.is_decoder)
+    budget = resolve_budget(config.budget.limits() | {"relative": config.budget.relative}, device, state.is_decoder)
     entries = [Entry(c) for c in candidates]
     speed_key = "decode_ms" if state.is_decoder else "latency_ms"
 
@@ -389,6 +390,11 @@ def fit(model: str, device, out: str | Path, config: FitConfig = FitConfig(), lo
     state.measure(dense)
     for e in dense:
         e.predicted, e.basis = dict(e.measured), "measured"
+    reference = next((e for e in dense if e.candidate.scheme == "int4" and e.candidate.head_bits == 4), dense[0])
+    rule, relative = budget.describe(), budget.relative
+    budget = budget.absolute(reference.measured, reference.candidate.label)
+    if relative:
+        rule = f"{rule} → {budget.describe()} ({reference.candidate.label} as measured in this run)"
     dense_float = state.quality(model, "proxy-dense", config.proxy_windows, {"model": model})
     dense_proxy = {e.candidate.key: state.quality(state.quantized(e.candidate), f"proxy-{e.candidate.key}", config.proxy_windows,
                                                   {"graph": state.cache.key(f"quant-{e.candidate.key}")}) for e in dense}
@@ -456,7 +462,7 @@ def fit(model: str, device, out: str | Path, config: FitConfig = FitConfig(), lo
         if e.is_measured:
             e.misses = budget.misses(e.measured)
     chosen = choose(entries, budget)
-    report = FitReport(model, device.name, state.threads, budget.limits(), "perplexity" if state.is_decoder else "embedding_cosine",
+    report = FitReport(model, device.name, state.threads, budget.limits(), rule, "perplexity" if state.is_decoder else "embedding_cosine",
                        entries, chosen.candidate.key if chosen else None, rounds, round(time.perf_counter() - start, 1), latency_models,
                        by_shortlist.candidate.key if by_shortlist else None, config.measure_all)
     if chosen is None:

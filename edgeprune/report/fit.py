@@ -67,7 +67,7 @@ def pareto_figure(data: dict) -> bytes | None:
     front = sorted((p for p in points if p["pareto"]), key=lambda p: p["speed"])
     ax.plot([p["speed"] for p in front], [p["quality_shown"] for p in front], color="black", lw=0.8, alpha=0.5, label="Pareto front")
     if key in data["budget"]:
-        ax.axvline(data["budget"][key], color="tab:red", ls="--", lw=1, label=f"budget {data['budget'][key]:g} ms")
+        ax.axvline(data["budget"][key], color="tab:red", ls="--", lw=1, label=f"budget {data['budget'][key]:.3g} ms")
     ax.set_xlabel("decode ms/token (measured)" if decoder else "latency per sentence, p90 ms (measured)")
     ax.set_ylabel("held-out perplexity (lower is better)" if decoder else "embedding cosine vs dense (higher is better)")
     if decoder:
@@ -106,7 +106,7 @@ def candidate_table(data: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def summary_lines(data: dict) -> list[str]:
-    limits = ", ".join(f"{BUDGET_KEYS[k][0]} ≤ {v:g} {BUDGET_KEYS[k][1]}" for k, v in data["budget"].items())
+    limits = data.get("budget_rule") or ", ".join(f"{BUDGET_KEYS[k][0]} ≤ {v:g} {BUDGET_KEYS[k][1]}" for k, v in data["budget"].items())
     chosen = next(e for e in data["entries"] if e["key"] == data["chosen"])
     measured = [e for e in data["entries"] if e["measured"]]
     ratios = [e["predicted"][speed_key(data)] / e["measured"][speed_key(data)] for e in measured
