@@ -223,14 +223,14 @@ def test_fit_end_to_end_caches_resumes_and_fails_loudly(gqa_dir, tiny_device, tm
     with pytest.raises(KeyboardInterrupt):
         fit(str(gqa_dir), tiny_device, out, dataclasses.replace(TINY, budget=Budget(decode_ms=1e6)))
     finished = {p.name for p in (out / "cache").iterdir() if (p / "meta.json").is_file()}
-    assert {"onnx-dense", "quant-dense-int4-h4", "profile-dense-int4-h4"} <= finished
+    assert {"onnx-dense", "quant-dense-int4-h4", "profile-tiny-host-dense-int4-h4"} <= finished
     assert not (out / "model").exists() and not (out / "report.json").exists()
     assert not [p for p in (out / "cache").iterdir() if p.name.endswith(".tmp")]
     monkeypatch.setattr(workflow._Fit, "torch_model", real_structured)
 
     logs: list[str] = []
     report = fit(str(gqa_dir), tiny_device, out, dataclasses.replace(TINY, budget=Budget(decode_ms=1e6), measure_all=True), log=logs.append)
-    assert not any(line.startswith(("onnx-dense", "profile-dense")) for line in logs)  # resumed: the dense stages were not redone
+    assert not any(line.startswith(("onnx-dense", "profile-")) for line in logs)  # resumed: the dense stages were not redone
     assert any(line.startswith("torch-keep50") for line in logs)
     keys = {e.candidate.key for e in report.entries}
     assert keys == {"dense-int4-h4", "dense-int4-h8", "keep50-int4-h4"}
@@ -318,3 +318,18 @@ def test_relative_limits_are_multiples_of_the_reference_figures():
     with pytest.raises(EdgepruneError, match="has no decode figure"):
         b.absolute({}, "dense")
     assert parse_budget({"decode_ms": 0.8, "relative": ["decode_ms"]}).relative == ("decode_ms",)
+
+
+def test_the_shipped_fit_recipe_runs_on_a_tiny_model(gqa_dir, tiny_device, tmp_path):
+    from edgeprune.recipes import load_recipe, recipes_dir, run_recipe
+
+    recipe = recipes_dir() / "smollm2-135m-fit-phone.toml"
+    fit_step = load_recipe(recipe).step("fit").config
+    assert fit_step.budget.relative == ("decode_ms",) and fit_step.budget.decode_ms == 0.8
+    sets = [f"recipe.model={json.dumps(str(gqa_dir))}", "fit.keeps=[]", "fit.schemes=[\"int4\"]", "fit.seqlen=32",
+            "fit.proxy_windows=2", "fit.eval_windows=2", "fit.quantize.calib.samples=4", "fit.quantize.calib.seqlen=32",
+            "fit.workload.prompt_lengths=[16]", "fit.workload.decode_tokens=4", "fit.budget.decode_ms=100000"]
+    result = run_recipe(recipe, tmp_path / "run", devices=[tiny_device], sets=sets)
+    step = next(s for s in result.steps if s.kind == "fit")
+    assert (tmp_path / "run" / step.folder / "model.onnx").is_file()
+    assert "dense int4" in json.loads((tmp_path / "run" / step.folder / "fit-report" / "report.json").read_text())["budget_rule"]

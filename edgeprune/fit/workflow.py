@@ -60,6 +60,7 @@ class FitConfig:
     quantize: QuantizeConfig = QuantizeConfig()  # template: scheme and head_bits come from each candidate
     workload: Workload = Workload(prompt_lengths=(128,), decode_tokens=32, op_profile=False)
     where: str = "device"  # device | local, as `profile`
+    cache: str | None = None  # the stage cache (default OUT/cache); another fit's cache is reused where stages match
 
     def __post_init__(self):
         if self.shortlist < 1:
@@ -260,7 +261,7 @@ class _Fit:
         from edgeprune.models.loading import load_model
 
         self.model_spec, self.device, self.out, self.config, self.log = model, device, out, config, log
-        self.cache = Cache(out / "cache", log)
+        self.cache = Cache(Path(config.cache) if config.cache else out / "cache", log)
         self.loaded = load_model(model)
         self.is_decoder = self.loaded.is_decoder
         import os
@@ -338,7 +339,7 @@ class _Fit:
         for e in entries:
             self.quantized(e.candidate)
             depends[e.candidate.key] = {"graph": self.cache.key(f"quant-{e.candidate.key}")} | self.source
-        todo = [e for e in entries if self.cache.read(f"profile-{e.candidate.key}", depends[e.candidate.key]) is None]
+        todo = [e for e in entries if self.cache.read(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key]) is None]
         if todo:
             import tempfile
 
@@ -349,9 +350,9 @@ class _Fit:
             for e, variant in zip(todo, report.variants):
                 run = variant.runs[0]
                 result = {"figures": _figures(variant, run, self.is_decoder) if run.ok else {}, "ok": run.ok, "reason": run.reason}
-                self.cache.stage(f"profile-{e.candidate.key}", depends[e.candidate.key], lambda _tmp, result=result: result)
+                self.cache.stage(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key], lambda _tmp, result=result: result)
         for e in entries:
-            measured = self.cache.read(f"profile-{e.candidate.key}", depends[e.candidate.key])
+            measured = self.cache.read(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key])
             if not measured["ok"]:
                 self.log(f"{e.candidate.label}: could not be measured ({measured['reason']})")
                 e.measured = {"failed": measured["reason"]}
@@ -483,7 +484,7 @@ def predicted_latency(state: _Fit, c: Candidate, info: dict):
         cost, measured = latency_cost(state.loaded, spaces, state.device, scheme=c.scheme, threads=state.threads)
         return {"cost": cost_to_dict(cost), "measured": measured}
 
-    _, result = state.cache.stage(f"latency-{c.scheme}", {"source": state.source, "channel_step": state.config.structured.channel_step}, make)
+    _, result = state.cache.stage(f"latency-{state.device.name}-{c.scheme}", {"source": state.source, "channel_step": state.config.structured.channel_step}, make)
     removed, layout = set(info.get("removed_blocks", [])), iter(info["layout"])
     arch = []
     for i, space in enumerate(spaces):
