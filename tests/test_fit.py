@@ -333,3 +333,21 @@ def test_the_shipped_fit_recipe_runs_on_a_tiny_model(gqa_dir, tiny_device, tmp_p
     step = next(s for s in result.steps if s.kind == "fit")
     assert (tmp_path / "run" / step.folder / "model.onnx").is_file()
     assert "dense int4" in json.loads((tmp_path / "run" / step.folder / "fit-report" / "report.json").read_text())["budget_rule"]
+
+
+def test_fit_an_encoder_on_latency_per_sentence_and_cosine(tiny_bert_dir, tiny_device, tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(TINY, schemes=("int8",), budget=Budget(latency_ms=1e6, memory_mb=1e6), measure_all=True,
+                                 workload=Workload(seq_lengths=(16,), op_profile=False))
+    report = fit(str(tiny_bert_dir), tiny_device, tmp_path / "fit", config)
+    assert report.quality_metric == "embedding_cosine"
+    assert {e.candidate.key for e in report.entries} == {"dense-int8", "keep50-int8"}
+    for e in report.entries:
+        assert e.measured["latency_ms"] > 0 and 0 <= e.measured["quality"] < 1  # 1 - cosine against the dense model
+        assert "decode_ms" not in e.measured
+    pruned = report.entry("keep50-int8")
+    assert pruned.predicted["latency_ms"] > 0 and pruned.predicted["size_mb"] < report.entry("dense-int8").measured["size_mb"]
+    assert "cosine" in (tmp_path / "fit" / "report.md").read_text()
+    with pytest.raises(EdgepruneError, match="does not apply to an encoder"):
+        fit(str(tiny_bert_dir), tiny_device, tmp_path / "fit", dataclasses.replace(config, budget=Budget(decode_ms=3)))
