@@ -110,7 +110,7 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
 
     model = copy.deepcopy(loaded.model).float().eval()
     adapter = loaded.adapter
-    ids = calibration_batch(loaded.tokenizer, config.calib)
+    ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
     out = CalibratedInt4({})
     errors = {}
     originals = {name: linear.weight.detach().clone() for name, linear in adapter.prunable_linears(model).items()}
@@ -151,13 +151,19 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
         # The tied LM head, GPTQ'd on the final hidden states of the quantised model; the embedding lookup
         # keeps its own round-to-nearest table (a lookup has no inputs to calibrate on).
         h = Hessian(head.in_features)
-        hook = head.register_forward_hook(lambda _m, inputs, _o: h.add(inputs[0]))
-        try:
+        norm = getattr(model.get_decoder(), "norm", None) if hasattr(model, "get_decoder") else None
+        if isinstance(norm, torch.nn.Module):  # the head reads norm(last block's output): the loop above already ran the blocks
             with torch.no_grad():
-                for k in range(0, ids.shape[0], 8):
-                    model(ids[k:k + 8])
-        finally:
-            hook.remove()
+                for k in range(0, hidden.shape[0], 8):
+                    h.add(norm(hidden[k:k + 8]))
+        else:
+            hook = head.register_forward_hook(lambda _m, inputs, _o: h.add(inputs[0]))
+            try:
+                with torch.no_grad():
+                    for k in range(0, ids.shape[0], 8):
+                        model(ids[k:k + 8])
+            finally:
+                hook.remove()
         _, grid = gptq_int4(head.weight.data.float(), h.value, config.block_size, config.act_order, config.damp)
         out.head = _packed(grid, config.block_size)
     budget = config.eight_bit_budget * sum(w.numel() for w in originals.values())
