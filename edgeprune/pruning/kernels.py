@@ -216,11 +216,10 @@ def obs_prune(
             if fixed is None and spec.is_nm and i % spec.m == 0:
                 metric = W1[:, i : i + spec.m] ** 2 / diag[i : i + spec.m].reshape(1, -1) ** 2
                 mask1.scatter_(1, i + torch.topk(metric, n_prune_group, dim=1, largest=False)[1], True)
-            q = w.clone() if quantizer is None else quantizer(W1, mask1, i, i1 + i, w)
-            q[mask1[:, i]] = 0
+            q = w.masked_fill(mask1[:, i], 0) if quantizer is None else quantizer(W1, mask1, i, i1 + i, w)  # the grid zeroes pruned
             Q1[:, i] = q
             err = (w - q) / d
-            W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # rank-1 update in place (no outer-product temporary)
             Err1[:, i] = err
         W[:, i1:i2] = Q1
         prune[:, i1:i2] = mask1
