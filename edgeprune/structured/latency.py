@@ -51,33 +51,16 @@ class LatencyCost:
 
 
 def _quantized_chain(model, scheme: str) -> bytes:
-    """``model`` with its MatMuls quantised as ``edgeprune quantize`` does (int4: MatMulNBits, int8: dynamic MatMulInteger)."""
-    import logging
-
-    if scheme == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-        level = log.level
-        log.setLevel(logging.WARNING)
-        try:
-            quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True, accuracy_level=4)
-            quantizer.process()
-        finally:
-            log.setLevel(level)
-        return quantizer.model.model.SerializeToString()
+    """``model`` with its MatMuls quantised as ``edgeprune quantize`` quantises them (round to nearest: latency does not
+    depend on how the codes were chosen)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgeprune.onnx.configs import QuantizeConfig
+    from edgeprune.onnx.quantization import quantize_graph
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-chain-") as tmp:
         onnx.save(model, f"{tmp}/f.onnx")
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)
-        try:
-            quantize_dynamic(f"{tmp}/f.onnx", f"{tmp}/q.onnx", weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
-        finally:
-            root.setLevel(level)
+        quantize_graph(Path(f"{tmp}/f.onnx"), Path(f"{tmp}/q.onnx"), QuantizeConfig(scheme=scheme, method="rtn", head=False), False)
         return Path(f"{tmp}/q.onnx").read_bytes()
 
 
