@@ -13,6 +13,9 @@ import typer
 
 from edgeprune.errors import EdgepruneError
 
+CALIB_HELP = ("calibration text: pydoc, self (sampled from the model, cached), wikitext2, c4, a .txt/.jsonl file, "
+              "or a mix with shares such as pydoc:0.5+self:0.25+notes.txt:0.25")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune transformer models and get them ready for devices.")
 
 
@@ -143,7 +146,7 @@ def prune(
     out: Path = typer.Option(..., "--out", help="output folder (a Hugging Face model folder)"),
     method: str = typer.Option("attention", help="pruning method; see `edgeprune list`"),
     sparsity: str = typer.Option("2:4", help="fraction in (0,1) such as 0.5, or N:M such as 2:4"),
-    calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    calib: str = typer.Option("pydoc", help=CALIB_HELP),
     samples: int = typer.Option(32, help="calibration sequences"),
     seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
     seed: int = typer.Option(0, help="seed for choosing calibration windows"),
@@ -181,7 +184,7 @@ def nm(
     out: Path = typer.Option(..., "--out", help="output folder"),
     pattern: str = typer.Option("2:4", help="N:M pattern, e.g. 2:4 or 4:8"),
     method: str = typer.Option("attention", help="method that re-fits inside the pattern"),
-    calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    calib: str = typer.Option("pydoc", help=CALIB_HELP),
     samples: int = typer.Option(32, help="calibration sequences"),
     seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
     permute: bool = typer.Option(False, help="reorder input channels first (absorbed exactly)"),
@@ -217,7 +220,7 @@ def structured(
     search: str = typer.Option("evolution", help="evolution (on the calibration loss), greedy, or uniform (same shape every block)"),
     reform: bool = typer.Option(True, help="re-fit the kept weights to the dense block outputs (ridge least squares)"),
     drop_blocks: bool = typer.Option(False, help="let the evolution also remove whole blocks"),
-    calib: str = typer.Option("pydoc", help="calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    calib: str = typer.Option("pydoc", help=CALIB_HELP),
     samples: int = typer.Option(32, help="calibration sequences"),
     seqlen: int = typer.Option(512, help="tokens per calibration sequence"),
     generations: int = typer.Option(10, help="evolution: generations"),
@@ -255,7 +258,9 @@ def structured(
 @user_errors
 def eval_(
     model: str = typer.Argument(..., help="model folder or alias"),
-    text: str = typer.Option("pydoc", help="held-out text: pydoc (its held-out split) or a .txt/.jsonl file"),
+    text: List[str] = typer.Option(["pydoc"], help="held-out text: pydoc (its held-out split), licences, docstrings, self "
+                                                    "(the dense model's samples), a file, or suite (all four); several: "
+                                                    "a,b or --text repeated (per-domain + geometric-mean perplexity)"),
     reference: Optional[str] = typer.Option(None, help="dense model to compare with (default: the source in edgeprune.json)"),
     seqlen: int = typer.Option(512, help="tokens per perplexity window"),
     max_windows: Optional[int] = typer.Option(None, help="evaluate at most this many windows"),
@@ -272,7 +277,7 @@ def eval_(
 
     _set_threads(threads)
     with _Display():
-        result = evaluate(model, text=text, reference=reference, seqlen=seqlen, max_windows=max_windows, device=torch_device,
+        result = evaluate(model, text=",".join(text), reference=reference, seqlen=seqlen, max_windows=max_windows, device=torch_device,
                           onnx_file=onnx_file)
     if json_out:
         write_json(json_out, json.loads(result.to_json()))
@@ -475,7 +480,7 @@ def quantize(
     quantize_head: bool = typer.Option(True, help="int4: also the token embedding and tied LM head"),
     head_bits: int = typer.Option(4, help="int4: bits for the embedding / LM head table, shared when tied (4 or 8)"),
     method: str = typer.Option("gptq", help="int4: gptq (calibrated on --calib text, pruned zeros held) or rtn (round to nearest)"),
-    calib: str = typer.Option("pydoc", help="int4 gptq: calibration text: pydoc, wikitext2, c4, or a .txt/.jsonl file"),
+    calib: str = typer.Option("pydoc", help="int4 gptq: " + CALIB_HELP),
     act_order: bool = typer.Option(True, help="int4 gptq: quantise columns by decreasing input energy (static group scales)"),
     damp: float = typer.Option(0.01, help="int4 gptq: Hessian dampening, as a fraction of its mean diagonal"),
     eight_bit_budget: float = typer.Option(0.0, help="int4 gptq: share of linear weights that may stay 8-bit (worst stages first)"),
@@ -702,6 +707,10 @@ def list_():
                + "; budgets --target-params or --target-latency-ms")
     typer.echo("exporters:       decoder (text-generation-with-past, one merged graph), encoder (feature-extraction, optional pooling)")
     typer.echo("quantisation:    " + ", ".join(QUANT_SCHEMES) + " (int4: block 32/64/128, symmetric or not)")
+    from edgeprune.data import DOMAINS
+
+    typer.echo("texts:           eval --text " + ", ".join(DOMAINS) + ", a file, or suite (all of them); "
+               "--calib any of them, wikitext2, c4, or a mix such as pydoc:0.5+self:0.5")
     typer.echo("recipe steps:")
     for name in STEPS.names():
         typer.echo(f"  {name:14s} {STEPS.get(name).help}")

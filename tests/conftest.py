@@ -34,6 +34,19 @@ def no_files_left_behind():
     assert not left, f"the test left files behind: {sorted(left)[:5]}"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def edgeprune_cache(tmp_path_factory):
+    """Self-generated text is cached in a folder of the test session, never in the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("edgeprune-cache")
+    before = os.environ.get("EDGEPRUNE_CACHE_DIR")
+    os.environ["EDGEPRUNE_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("EDGEPRUNE_CACHE_DIR", None)
+    else:
+        os.environ["EDGEPRUNE_CACHE_DIR"] = before
+
+
 @pytest.fixture
 def one_torch_thread():
     """PyTorch on one thread for the test (exports and ORT sessions follow torch's count), restored afterwards."""

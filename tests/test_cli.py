@@ -349,4 +349,7 @@ def test_cli_defaults_are_the_config_defaults(command, config, names):
     params = {p.name: p for p in typer.main.get_command(app).commands[command].params}
     for option, field_path in names.items():
         assert option in params, f"{command} has no --{option.replace('_', '-')}"
-        assert params[option].default == _field_default(cls, field_path), f"{command} --{option} vs {cls_name}.{field_path}"
+        default = params[option].default
+        if isinstance(default, (list, tuple)):  # a repeatable option (eval --text) joins its values with commas
+            default = ",".join(default)
+        assert default == _field_default(cls, field_path), f"{command} --{option} vs {cls_name}.{field_path}"

@@ -83,8 +83,9 @@ def onnx_sentence_embeddings(sess, tokenizer, texts: list[str], batch_size: int 
 
 
 def evaluate_onnx(folder: str | Path, text: str, reference: str | None = None, seqlen: int = 512, max_windows: int | None = None,
-                  onnx_file: str = ONNX_FILE):
-    """Evaluate ``folder/onnx_file`` with ONNX Runtime; returns an :class:`~edgeprune.evaluation.EvalResult`."""
+                  onnx_file: str = ONNX_FILE, body: str | None = None):
+    """Evaluate ``folder/onnx_file`` with ONNX Runtime on one text (``body``, else ``load_text(text)``); returns an
+    :class:`~edgeprune.evaluation.EvalResult`."""
     from edgeprune.data import eval_windows, load_text
     from edgeprune.evaluation.metrics import sentence_embeddings, sentences
     from edgeprune.evaluation.results import EvalResult
@@ -96,7 +97,7 @@ def evaluate_onnx(folder: str | Path, text: str, reference: str | None = None, s
     sess = load_session(path)
     meta = read_metadata(folder, fix="re-run edgeprune export") or {}
     tokenizer = _tokenizer(folder)
-    body = load_text(text, "eval")
+    body = load_text(text, "eval") if body is None else body
     is_decoder = any(i.name.startswith("past_key_values.") for i in sess.get_inputs())
     task = "text-generation" if is_decoder else "feature-extraction"
     result = EvalResult(model=str(path), task=task, text=text)

@@ -66,7 +66,7 @@ def convert_nm(
     if compare_projection:
         check_text(eval_text, "eval", 1, "eval text")
     loaded = load_model(model_dir, device=device)
-    calib_ids = calibration_batch(loaded.tokenizer, config.calib)
+    calib_ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
     windows = eval_windows(loaded.tokenizer, load_text(eval_text, "eval"), 512, eval_max_windows) if loaded.is_decoder else None
 
     comparison: dict = {"from": str(model_dir), "pattern": str(spec), "eval_text": eval_text}

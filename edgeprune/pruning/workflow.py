@@ -95,7 +95,7 @@ def prune(
 
     spec, pruner, device = check_prune(model, out, config, overwrite)
     loaded = load_model(model, device=device)
-    calib_ids = calibration_batch(loaded.tokenizer, config.calib)
+    calib_ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
     report = prune_model(
         loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
         permute=config.permute,

@@ -229,7 +229,7 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
         load_device(config.latency_device)  # an unknown profile fails before any work
     loaded = load_model(model, device=device)
     auto_map_entry(loaded.model.config.model_type)  # fails before the work when the folder could not be written
-    calib_ids = calibration_batch(loaded.tokenizer, config.calib).to(device)
+    calib_ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model).to(device)
     before = sum(block_params(b, loaded.adapter) for b in loaded.adapter.blocks(loaded.model))
 
     step = lambda name: (lambda i, n: progress(name, i, n)) if progress else None  # noqa: E731
