@@ -244,3 +244,13 @@ def test_self_calibration_of_an_encoder_uses_a_decoders_text(tiny_bert_dir, tiny
     bert = load_model(str(tiny_bert_dir))
     ids = calibration_batch(bert.tokenizer, CalibConfig("self", samples=4, seqlen=32), bert.model)
     assert ids.shape == (4, 32) and int(ids.max()) < len(bert.tokenizer)
+
+
+def test_exported_folder_evaluates_the_same_domains_through_onnx_runtime(tiny_onnx, tiny_llama_dir, short_self_text):
+    """The ``self`` text of an exported folder is sampled by the dense PyTorch model its edgeprune.json names."""
+    onnx_dir, _ = tiny_onnx
+    ort = edgeprune.evaluate(str(onnx_dir), text="pydoc,self", seqlen=32, max_windows=2)
+    torch_ = edgeprune.evaluate(str(tiny_llama_dir), text="pydoc,self", seqlen=32, max_windows=2, attention=False)
+    assert [d["text"] for d in ort.domains] == ["pydoc", "self"]
+    for a, b in zip(ort.domains, torch_.domains):
+        assert a["tokens"] == b["tokens"] and a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-4)
