@@ -138,15 +138,20 @@ def main() -> None:
                   "attn", row["attention_error_heldout_mean"], flush=True)
             del model
             write(results, Path(args.out))  # after every run, so a long sweep keeps what it measured
-    print(f"wrote {Path(args.out).with_suffix('.json')} and {Path(args.out).with_suffix('.md')}")
+    print(f"wrote {output_path(Path(args.out), '.json')} and {output_path(Path(args.out), '.md')}")
+
+
+def output_path(out: Path, suffix: str) -> Path:
+    """OUT.json / OUT.md; a dot inside OUT (``q24-pydoc_0.5-self_0.5``) is part of the name, not a suffix to replace."""
+    return out.with_name(out.name + suffix)
 
 
 def write(results: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps(results, indent=2) + "\n"), (".md", render_markdown(results))):
-        tmp = out.with_suffix(suffix + ".tmp")
+        tmp = output_path(out, suffix + ".tmp")
         tmp.write_text(text)
-        tmp.replace(out.with_suffix(suffix))
+        tmp.replace(output_path(out, suffix))
 
 
 def render_markdown(results: dict) -> str:
