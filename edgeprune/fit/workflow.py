@@ -35,7 +35,7 @@ from edgeprune.profiling.workflow import Workload
 from edgeprune.structured.workflow import StructuredConfig
 
 MiB = 2**20
-FIT_SCHEMA_VERSION = 1
+from edgeprune.metadata import FIT_SCHEMA_VERSION
 META = "meta.json"
 
 
