@@ -393,11 +393,13 @@ def check(
         raise typer.Exit(1)
 
 
-def _int_list(value: str, what: str) -> list[int]:
+def _number_list(value: str, what: str, kind: type = int) -> list:
     try:
-        return [int(x) for x in value.split(",") if x.strip()]
+        return [kind(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise EdgepruneError(f"--{what} '{value}' is not a comma-separated list of integers", f"write e.g. --{what} 1,2,4") from None
+        example = "1,2,4" if kind is int else "0.8,0.65"
+        raise EdgepruneError(f"--{what} '{value}' is not a comma-separated list of {'integers' if kind is int else 'numbers'}",
+                             f"write e.g. --{what} {example}") from None
 
 
 @app.command("profile")
@@ -436,9 +438,9 @@ def profile_(
 
     if local and (also_local or remote):
         raise EdgepruneError("--local measures on this host only", "drop --local, or drop --remote / --also-local")
-    workload = Workload(tuple(_int_list(prompt_lengths, "prompt-lengths")), decode_tokens, tuple(_int_list(batch_sizes, "batch-sizes")),
-                        tuple(_int_list(seq_lengths, "seq-lengths")), op_profile)
-    config = ProfileConfig(tuple(_int_list(threads, "threads")) if threads is not None else None, strict, workload, warmup, runs,
+    workload = Workload(tuple(_number_list(prompt_lengths, "prompt-lengths")), decode_tokens, tuple(_number_list(batch_sizes, "batch-sizes")),
+                        tuple(_number_list(seq_lengths, "seq-lengths")), op_profile)
+    config = ProfileConfig(tuple(_number_list(threads, "threads")) if threads is not None else None, strict, workload, warmup, runs,
                            backend)
     overrides = {k: v for k, v in (("remote", remote), ("identity", str(identity) if identity else None),
                                    ("remote_python", remote_python)) if v is not None}
@@ -632,13 +634,6 @@ def demo(
     _run("smollm2-135m-2of4-attention-int4", out, device or ["this-host"], [])
 
 
-def _float_list(value: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise EdgepruneError(f"--{what} '{value}' is not a comma-separated list of numbers", f"write e.g. --{what} 0.8,0.65") from None
-
-
 @app.command()
 @user_errors
 def fit(
@@ -672,7 +667,7 @@ def fit(
               for key, text in (("decode_ms", max_decode_ms), ("ttft_ms", max_ttft_ms), ("latency_ms", max_latency_ms),
                                 ("memory_mb", max_memory_mb), ("size_mb", max_size_mb))}
     budget = Budget(**{k: v for k, (v, _) in limits.items()}, relative=tuple(k for k, (_, rel) in limits.items() if rel))
-    config = FitConfig(budget=budget, keeps=tuple(_float_list(keep, "keep")), schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
+    config = FitConfig(budget=budget, keeps=tuple(_number_list(keep, "keep", float)), schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
                        drop_blocks=drops[drop_blocks], shortlist=shortlist, measure_all=measure_all, threads=threads, text=text,
                        eval_windows=eval_windows, where="local" if local else "device")
     try:

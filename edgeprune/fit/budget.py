@@ -18,7 +18,6 @@ Limits given on the command line replace the profile's. A limit may also be rela
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 

@@ -127,11 +127,6 @@ def quality_value(result, is_decoder: bool) -> float:
     return float(result.perplexity) if is_decoder else 1.0 - float(result.embedding_cosine)
 
 
-def shown_quality(value: float | None, is_decoder: bool) -> float | None:
-    """The figure a user reads: perplexity, or the embedding cosine itself."""
-    return None if value is None else (value if is_decoder else 1.0 - value)
-
-
 def apply_quant_cost(proxy_float: float, dense_float: float, dense_quant: float, is_decoder: bool) -> float:
     """A pruned float model's quality proxy after quantisation: perplexity × what quantisation multiplied the dense
     model's by; for encoders, the cosine error + what quantisation added to the dense model's."""
@@ -211,7 +206,6 @@ class Cache:
 
     def __init__(self, root: Path, log: Callable[[str], None]):
         self.root, self.log = root, log
-        self.made: list[str] = []  # stages made (not read back) in this run
 
     def read(self, name: str, depends: dict) -> dict | None:
         """The stage's result when it was made from exactly ``depends``, else None."""
@@ -239,7 +233,6 @@ class Cache:
             result = make(tmp)
             write_json(tmp / META, {"key": key, "depends": depends, "result": result,
                                     "seconds": round(time.perf_counter() - start, 1)})
-        self.made.append(name)
         return folder, result
 
 

@@ -115,8 +115,9 @@ def summary_lines(data: dict) -> list[str]:
              f"Chosen: **{chosen['label']}** — {data['quality_metric']} {_quality(chosen['measured']['quality'], data)}, "
              + ", ".join(f"{BUDGET_KEYS[k][0]} {fmt(chosen['measured'].get(k))} {BUDGET_KEYS[k][1]}" for k in BUDGET_KEYS
                          if chosen["measured"].get(k) is not None) + ".",
-             f"{len(measured)} of {len(data['entries'])} candidates measured in {data['rounds']} round(s); the others were predicted "
-             f"only (figures in brackets). {data['seconds']:.0f} s."]
+             f"{len(measured)} of {len(data['entries'])} candidates measured"
+             + ("" if len(measured) == len(data["entries"]) else f" in {data['rounds']} round(s); the others were predicted only")
+             + f" (predictions in brackets). {data['seconds']:.0f} s."]
     if data.get("measured_all"):
         picked = [e for e in data["entries"] if e["shortlisted"]]
         same = data["shortlist_choice"] == data["chosen"]

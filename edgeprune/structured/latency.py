@@ -67,7 +67,6 @@ def _quantized_chain(model, scheme: str) -> bytes:
 def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: int, runs: int = 30, scheme: str = "none") -> float:
     """Median ms of x → x + (x·A_i)·B_i for each (A_i: hidden×w, B_i: w×hidden) — or gated (x·G ⊙ x·U)·D with two inputs;
     the MatMuls quantised as ``scheme`` (none, int8, int4) quantises them."""
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
