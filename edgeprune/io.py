@@ -1,4 +1,5 @@
-"""Writing outputs atomically: build in a temporary sibling folder, then rename into place."""
+"""Writing outputs atomically (build in a temporary sibling folder, then rename into place), and where edgeprune
+caches what it computed once."""
 
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def check_writable(out: str | os.PathLike) -> None:
         os.rmdir(tempfile.mkdtemp(prefix=".edgeprune-write-test.", suffix=".tmp", dir=parent))  # .tmp: run cleans it
     except OSError as exc:
         raise EdgepruneError(f"cannot write to '{parent}': {exc.strerror}", "choose a writable --out with free space") from None
+
+
+def cache_dir() -> Path:
+    """Where edgeprune caches derived data: $EDGEPRUNE_CACHE_DIR, else $XDG_CACHE_HOME/edgeprune, else ~/.cache/edgeprune."""
+    if os.environ.get("EDGEPRUNE_CACHE_DIR"):
+        return Path(os.environ["EDGEPRUNE_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "edgeprune"
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.io import cache_dir
 from edgeprune.progress import status
 
 if TYPE_CHECKING:
@@ -38,14 +39,6 @@ TEMPERATURE = 1.0
 BATCH = 8  # sequences sampled together; part of what fixes the tokens for a seed (the generator is shared)
 ENCODER_GENERATOR = "smollm2-135m"  # writes the `self` text of encoders, which cannot generate
 _FORMAT = 1  # bump when the sampling scheme changes: old cache files then no longer match
-
-
-def cache_dir() -> Path:
-    """Where edgeprune caches generated data: $EDGEPRUNE_CACHE_DIR, else $XDG_CACHE_HOME/edgeprune, else ~/.cache/edgeprune."""
-    if os.environ.get("EDGEPRUNE_CACHE_DIR"):
-        return Path(os.environ["EDGEPRUNE_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "edgeprune"
 
 
 def weights_hash(model) -> str:

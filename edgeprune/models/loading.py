@@ -116,6 +116,64 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+GGUF_CACHE = "gguf"  # under edgeprune.io.cache_dir()
+_GGUF_CACHE_FORMAT = 1  # bump when what is written changes: older folders are then ignored
+
+
+def _gguf_cache_path(path: Path, gguf_file: str) -> Path:
+    """The converted folder of one GGUF file, keyed by its path, size and mtime and by the transformers version that
+    de-quantised it (a newer converter may map the file differently)."""
+    import hashlib
+
+    import transformers
+
+    from edgeprune.io import cache_dir
+
+    file = (path / gguf_file).resolve()
+    st = file.stat()
+    key = f"{file}|{st.st_size}|{st.st_mtime_ns}|{transformers.__version__}|{_GGUF_CACHE_FORMAT}"
+    return cache_dir() / GGUF_CACHE / f"{file.stem}-{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
+
+
+def gguf_as_folder(path: Path, gguf_file: str, model_cls) -> Path | None:
+    """A GGUF file as an fp32 Hugging Face folder (safetensors + tokenizer), converted once and cached.
+
+    transformers parses and de-quantises a GGUF on every load (45 s for SmolLM2-135M here, most of it reading the
+    tokenizer's metadata), and one pipeline loads the same file several times; the folder loads in seconds with the
+    same weights, config and tokenizer. None when the cache cannot be written (then the GGUF loads directly)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    target = _gguf_cache_path(path, gguf_file)
+    if (target / "config.json").is_file():
+        return target
+    status(f"converting {gguf_file} once to a cached folder ({target.parent})")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError:
+        return None
+    try:
+        with _quiet_transformers():
+            model = model_cls.from_pretrained(str(path), gguf_file=gguf_file, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), gguf_file=gguf_file)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        del model
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process converted it first: keep theirs
+            if not (target / "config.json").is_file():
+                raise
+    except OSError:
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def is_structured(folder: Path | None) -> bool:
     """A folder written by ``edgeprune structured`` (blocks of different sizes, see edgeprune/structured/layout.py)."""
     from edgeprune.structured.layout import LAYOUT_KEY
@@ -136,6 +194,10 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
     model_cls = AutoModelForCausalLM if adapter.task == "text-generation" else AutoModel
     where = source if kind == "hub" else str(path)
     extra = {"gguf_file": gguf_file} if gguf_file else hub_kwargs(source) if kind == "hub" else {}
+    if kind == "gguf":
+        converted = gguf_as_folder(path, gguf_file, model_cls)
+        if converted is not None:
+            where, extra = str(converted), {}
     status(f"loading {source}")
     if kind == "folder" and is_structured(path):
         extra["trust_remote_code"] = True  # per-block sizes: the folder's modeling_edgeprune.py (edgeprune's own code)
@@ -145,5 +207,7 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
             tokenizer = AutoTokenizer.from_pretrained(where, **extra)
     except OSError as exc:
         raise EdgepruneError(f"cannot load model '{source}': {str(exc).splitlines()[0]}", "check the path or id") from None
+    if kind == "gguf":
+        model.config._name_or_path = str(path)  # where it came from, not the cache folder
     model.eval().to(device)
     return LoadedModel(model, tokenizer, adapter, source, path, gguf_file)
