@@ -132,3 +132,32 @@ def test_gguf_loads_from_a_cached_conversion_with_the_same_weights_and_tokenizer
     monkeypatch.setenv("EDGEPRUNE_CACHE_DIR", str(tmp_path / "cache"))
     load_model(tmp_path / "tiny.gguf")
     assert len(list((tmp_path / "cache" / GGUF_CACHE).iterdir())) == 2
+
+
+def test_read_inputs_stops_at_the_last_input_it_needs(tiny_tokenizer):
+    """The calibration passes read linears' inputs without running the rest of the block (for o_proj: no MLP)."""
+    model = make_tiny_llama(len(tiny_tokenizer))
+    adapter = get_adapter(model)
+    block = adapter.blocks(model)[0]
+    hidden, context = adapter.embed(model, torch.randint(0, len(tiny_tokenizer), (2, 16)))
+    ran: list[str] = []
+    for name, linear in adapter.block_linears(block).items():
+        linear.register_forward_hook(lambda *_a, name=name: ran.append(name))
+    got: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        adapter.read_inputs(block, hidden, context, {"self_attn.o_proj": lambda x: got.setdefault("o", x)})
+    assert ran == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]  # o_proj and the MLP never ran
+    with torch.no_grad():
+        reference = {}
+        hook = block.self_attn.o_proj.register_forward_pre_hook(lambda _m, a: reference.setdefault("o", a[0]))
+        adapter.run_block(block, hidden, context)
+        hook.remove()
+    assert torch.equal(got["o"], reference["o"])
+
+    class Reversed(type(adapter)):  # stages listed against the forward order: refused, never a silent short read
+        def stages(self, block):
+            return list(reversed(super().stages(block)))
+
+    with pytest.raises(RuntimeError, match="stages"):
+        with torch.no_grad():
+            Reversed().read_inputs(block, hidden, context, {"self_attn.q_proj": lambda x: None, "mlp.down_proj": lambda x: None})

@@ -78,6 +78,10 @@ class Units:
         return self.num_heads // self.num_kv_heads
 
 
+class _InputsRead(Exception):
+    """Stops a block's forward once :meth:`Adapter.read_inputs` has what it needs."""
+
+
 class Adapter(ABC):
     """One architecture family. Subclasses are small and declarative."""
 
@@ -136,6 +140,34 @@ class Adapter(ABC):
 
     def block_linears(self, block: nn.Module) -> dict[str, nn.Linear]:
         return {name: lin for stage in self.stages(block) for name, lin in stage.items()}
+
+    def read_inputs(self, block: nn.Module, hidden: torch.Tensor, context: Any, taps: dict[str, Callable[[torch.Tensor], None]]) -> None:
+        """Run ``block`` only as far as the inputs of the named linears: each goes to its callback, and the forward
+        stops at the input of the one in the latest stage, so what comes after it (for the attention output
+        projection: the rest of attention and the whole MLP) is never computed."""
+        order = {name: s for s, stage in enumerate(self.stages(block)) for name in stage}
+        linears = self.block_linears(block)
+        last = linears[max(taps, key=order.__getitem__)]
+        seen: set[str] = set()
+
+        def tap(name):
+            def hook(module, inputs):
+                taps[name](inputs[0].detach())
+                seen.add(name)
+                if module is last:
+                    raise _InputsRead
+            return hook
+
+        handles = [linears[name].register_forward_pre_hook(tap(name)) for name in taps]
+        try:
+            self.run_block(block, hidden, context)
+        except _InputsRead:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if seen != set(taps):  # a stage order that is not the forward order would skip a linear: never silently
+            raise RuntimeError(f"{self.family}: {sorted(set(taps) - seen)} run after {sorted(seen)}; fix the adapter's stages()")
 
     def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
         """All linears pruning touches, by full module name. Embeddings and heads are excluded."""

@@ -120,17 +120,8 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
         for b, block in enumerate(blocks):
             status("GPTQ int4 codes (blocks)", b, len(blocks))
             stages = adapter.stages(block)
-            stats, hooks = [], []
-            for stage in stages:
-                first = next(iter(stage.values()))
-                h = Hessian(first.in_features)
-                stats.append(h)
-                hooks.append(first.register_forward_hook(lambda _m, inputs, _o, h=h: h.add(inputs[0])))
-            try:
-                adapter.run_block(block, hidden, context)
-            finally:
-                for hook in hooks:
-                    hook.remove()
+            stats = [Hessian(next(iter(stage.values())).in_features) for stage in stages]
+            adapter.read_inputs(block, hidden, context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
             prefix = adapter.block_prefix(model, b)
             for stage, h in zip(stages, stats):
                 hessian = h.value

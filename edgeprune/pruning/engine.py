@@ -74,30 +74,17 @@ class BlockContext:
         linears = self.linears()
         reps = self._representatives(names)
         accs = {r: make(linears[r].in_features) for r in set(reps.values())}
-        handles = [
-            linears[r].register_forward_hook(lambda _m, inp, _out, acc=acc: acc.add(inp[0].detach())) for r, acc in accs.items()
-        ]
-        try:
-            for x in self.batches():
-                self.adapter.run_block(self.block, x, self.context)
-        finally:
-            for h in handles:
-                h.remove()
+        for x in self.batches():
+            self.adapter.read_inputs(self.block, x, self.context, {r: acc.add for r, acc in accs.items()})
         return {n: accs[r] for n, r in reps.items()}
 
     @torch.no_grad()
     def dense_inputs(self) -> dict[str, list[torch.Tensor]]:
         """Every linear's inputs in the untouched dense block, per batch (computed once per block)."""
         if self._dense_inputs is None:
-            linears = self.linears(self.dense_block)
-            store: dict[str, list[torch.Tensor]] = {n: [] for n in linears}
-            handles = [lin.register_forward_hook(lambda _m, i, _o, n=n: store[n].append(i[0].detach())) for n, lin in linears.items()]
-            try:
-                for x in self.batches():
-                    self.adapter.run_block(self.dense_block, x, self.context)
-            finally:
-                for h in handles:
-                    h.remove()
+            store: dict[str, list[torch.Tensor]] = {n: [] for n in self.linears(self.dense_block)}
+            for x in self.batches():
+                self.adapter.read_inputs(self.dense_block, x, self.context, {n: store[n].append for n in store})
             self._dense_inputs = store
         return self._dense_inputs
 
@@ -108,18 +95,9 @@ class BlockContext:
         linears = self.linears()
         reps = self._representatives(names)
         accs = {r: CrossHessian(linears[r].in_features, self.inputs.device) for r in set(reps.values())}
-        batch_no = [0]
-        handles = [
-            linears[r].register_forward_hook(lambda _m, i, _o, r=r: accs[r].add(i[0].detach(), dense[r][batch_no[0]]))
-            for r in accs
-        ]
-        try:
-            for b, x in enumerate(self.batches()):
-                batch_no[0] = b
-                self.adapter.run_block(self.block, x, self.context)
-        finally:
-            for h in handles:
-                h.remove()
+        for b, x in enumerate(self.batches()):
+            taps = {r: lambda xp, r=r, b=b: accs[r].add(xp, dense[r][b]) for r in accs}
+            self.adapter.read_inputs(self.block, x, self.context, taps)
         return {n: accs[r] for n, r in reps.items()}
 
     def apply(self, results: dict[str, LinearResult]) -> None:
