@@ -500,6 +500,11 @@ def test_ort_eval_decoder_perplexity_matches_torch(tiny_llama_dir, tmp_path):
     assert cli.exit_code == 0, cli.output
     assert json.loads(cli.stdout)["perplexity"] == pytest.approx(result.perplexity, rel=1e-6)
 
+    limit = json.loads((out / "config.json").read_text())["max_position_embeddings"]
+    cli = runner.invoke(app, ["eval", str(out), "--seqlen", str(limit + 1), "--max-windows", "1"])
+    assert cli.exit_code == 2 and f"longer than the model's {limit} positions" in cli.output, cli.output
+    assert len(cli.output.strip().splitlines()) <= 2 and "Traceback" not in cli.output
+
 
 def test_ort_eval_encoder_cosine_to_dense_reference(tiny_bert_dir, tmp_path):
     from edgeprune.evaluation import evaluate

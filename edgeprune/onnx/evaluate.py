@@ -45,6 +45,17 @@ def _tokenizer(folder: Path):
         raise EdgepruneError(f"no usable tokenizer in '{folder}' ({type(exc).__name__})", "evaluate the folder edgeprune export wrote") from None
 
 
+def _max_positions(folder: Path) -> int | None:
+    """The longest sequence the exported decoder takes (``max_position_embeddings`` of its config.json), if it says."""
+    import json
+
+    try:
+        value = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
 def onnx_perplexity(sess, windows: torch.Tensor) -> float:
     """exp(mean next-token NLL) over all positions of all windows, each window one prefill from an empty cache."""
     decoder = OrtDecoder(sess)
@@ -102,6 +113,9 @@ def evaluate_onnx(folder: str | Path, text: str, reference: str | None = None, s
     task = "text-generation" if is_decoder else "feature-extraction"
     result = EvalResult(model=str(path), task=task, text=text)
     if is_decoder:
+        limit = _max_positions(folder)
+        if limit is not None and seqlen > limit:  # the fused graph's rotary table ends there: ORT would fail mid-run
+            raise EdgepruneError(f"--seqlen {seqlen} is longer than the model's {limit} positions", f"use --seqlen {limit} or less")
         windows = eval_windows(tokenizer, body, seqlen, max_windows)
         result.perplexity = onnx_perplexity(sess, windows)
         result.tokens = int(windows.numel())
