@@ -29,17 +29,21 @@ def attention_probs(
     k = F.linear(x, wk, parts.k.bias).view(batch, seq, parts.num_kv_heads, parts.head_dim).transpose(1, 2)
     if parts.rope is not None:
         q, k = parts.rope(q, k, context)
-    group = parts.num_heads // parts.num_kv_heads
-    if group > 1:
-        k = k.repeat_interleave(group, dim=1)
-    logits = (q @ k.transpose(-1, -2)) * parts.scale
+    # Query heads grouped under their KV head ([batch·kv, group·seq, dim]) meet K without repeating it; the scale and
+    # the causal mask go into the one batched product (baddbmm), so no [.., seq, seq] temporaries besides the logits.
+    kv, group = parts.num_kv_heads, parts.num_heads // parts.num_kv_heads
+    q = q.reshape(batch * kv, group * seq, parts.head_dim)
+    k = k.reshape(batch * kv, seq, parts.head_dim).transpose(1, 2)
     if parts.causal:
-        future = torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(1)
-        logits = logits.masked_fill(future, float("-inf"))
-    return torch.softmax(logits.float(), dim=-1)
+        bias = torch.zeros(seq, seq, dtype=q.dtype, device=x.device).masked_fill_(
+            torch.ones(seq, seq, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        logits = torch.baddbmm(bias.repeat(group, 1).expand(batch * kv, -1, -1), q, k, alpha=parts.scale)
+    else:
+        logits = torch.bmm(q, k) * parts.scale
+    return torch.softmax(logits.float(), dim=-1).view(batch, parts.num_heads, seq, seq)
 
 
 def attention_error(pruned: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """½‖P̃ − P‖²_F per (sequence, head), averaged: the paper's L(M) without the λ term."""
     batch, heads = dense.shape[:2]
-    return 0.5 * (pruned - dense).pow(2).sum() / (batch * heads)
+    return 0.5 * F.mse_loss(pruned, dense, reduction="sum") / (batch * heads)
