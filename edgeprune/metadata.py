@@ -20,7 +20,7 @@ EVAL_SCHEMA_VERSION = 1  # an evaluation's result (EvalResult: `edgeprune eval` 
 PROFILE_SCHEMA_VERSION = 1  # report.json of `edgeprune profile` (profiling.results.Report; other versions are refused)
 PACKED_SCHEMA_VERSION = 1  # the manifest inside a packed .safetensors file (sparsity.packed; unpack refuses others)
 RUN_SCHEMA_VERSION = 1  # a recipe run: each step's meta.json and the run's summary (recipes)
-FIT_SCHEMA_VERSION = 1  # report.json of `edgeprune fit` (fit.workflow.FitReport)
+FIT_SCHEMA_VERSION = 2  # 2: profile_rounds; report.json of `edgeprune fit` (fit.workflow.FitReport)
 
 
 def read_metadata(folder: str | os.PathLike | None, strict: bool = True,

@@ -137,6 +137,25 @@ def test_choice_is_the_best_measured_quality_that_meets_every_limit():
     assert "closest: structured 70% + int8" in message and "5.00×" in message and "\n" not in message
 
 
+def test_profile_rounds_combine_as_medians_and_timings_as_ratios_to_the_reference():
+    from edgeprune.fit.workflow import combine_rounds
+
+    def run(decode, memory, ok=True):
+        return {"figures": {"decode_ms": decode, "ttft_ms": 2 * decode, "memory_mb": memory, "size_mb": 50.0}, "ok": ok, "reason": None if ok else "oom"}
+
+    alone = combine_rounds([run(10, 300), run(14, 310), run(11, 305)])
+    assert alone["figures"] == {"decode_ms": 11, "ttft_ms": 22, "memory_mb": 305, "size_mb": 50.0}
+    # a slow second round slows both the candidate and the reference: the ratio holds, so the figure does too
+    paired = combine_rounds([run(6, 200), run(12, 200), run(6.6, 200)], [run(10, 300), run(20, 300), run(11, 300)],
+                            {"decode_ms": 10.5, "ttft_ms": 21.0})
+    assert paired["figures"]["decode_ms"] == pytest.approx(0.6 * 10.5) and paired["figures"]["ttft_ms"] == pytest.approx(0.6 * 21.0)
+    assert paired["figures"]["memory_mb"] == 200  # not a timing: its own median
+    assert paired["rounds"][1]["decode_ms"] == 12 and paired["reference_rounds"][1]["decode_ms"] == 20
+    assert combine_rounds([run(6, 200), run(0, 0, ok=False)])["ok"] is False  # one failed round fails the candidate
+    with pytest.raises(EdgepruneError, match="rounds"):
+        FitConfig(rounds=0)
+
+
 def test_shortlist_takes_the_predicted_front_near_the_budget_and_skips_what_cannot_beat_the_choice():
     budget = Budget(decode_ms=10)
     a = _entry(0.8, "int4", {"decode_ms": 9, "memory_mb": 100, "size_mb": 50, "quality": 14})
@@ -185,7 +204,7 @@ TINY = FitConfig(
     keeps=(0.5,), schemes=("int4",), drop_blocks=(False,), seqlen=32, proxy_windows=2, eval_windows=4,
     structured=StructuredConfig(calib=CalibConfig(samples=4, seqlen=32), search_samples=2, search_seqlen=32, population=4, generations=2),
     quantize=QuantizeConfig(calib=CalibConfig(samples=4, seqlen=32)),
-    workload=Workload(prompt_lengths=(16,), decode_tokens=4, op_profile=False),
+    workload=Workload(prompt_lengths=(16,), decode_tokens=4, op_profile=False), rounds=2,
 )
 
 
@@ -242,6 +261,13 @@ def test_fit_end_to_end_caches_resumes_and_fails_loudly(gqa_dir, tiny_device, tm
     assert (shipped / "model.onnx").is_file() and json.loads((shipped / "fit.json").read_text())["chosen"] == report.chosen
     data = json.loads((out / "report.json").read_text())
     assert data["chosen"] == report.chosen and len(data["entries"]) == 3 and (out / "report.html").read_text().count("<img") == 1
+    # every timing from 2 alternating rounds; the pruned candidate's relative to dense int4, profiled again beside it
+    assert data["profile_rounds"] == 2
+    stored = json.loads((out / "cache" / "profile-tiny-host-keep50-int4-h4" / "meta.json").read_text())["result"]
+    assert len(stored["rounds"]) == 2 and len(stored["reference_rounds"]) == 2
+    reference = report.entry("dense-int4-h4").measured["decode_ms"]
+    ratios = [r["decode_ms"] / ref["decode_ms"] for r, ref in zip(stored["rounds"], stored["reference_rounds"])]
+    assert pruned.measured["decode_ms"] == pytest.approx(sum(ratios) / 2 * reference)  # the median of two is their mean
 
     # a re-run with another budget measures nothing again; the choice follows the new budget
     fastest = min(report.entries, key=lambda e: e.measured["decode_ms"])

@@ -60,6 +60,7 @@ class FitConfig:
     quantize: QuantizeConfig = QuantizeConfig()  # template: scheme and head_bits come from each candidate
     workload: Workload = Workload(prompt_lengths=(128,), decode_tokens=32, op_profile=False)
     where: str = "device"  # device | local, as `profile`
+    rounds: int = 3  # profile rounds, order alternating; timings are medians, pruned ones as ratios to the reference in the same rounds
     cache: str | None = None  # the stage cache (default OUT/cache); another fit's cache is reused where stages match
 
     def __post_init__(self):
@@ -69,6 +70,8 @@ class FitConfig:
             raise EdgepruneError(f"margin {self.margin} is not in [0, 1)", "pass e.g. --margin 0.15")
         if self.proxy_windows < 1:
             raise EdgepruneError(f"proxy_windows {self.proxy_windows} must be 1 or more", "pass e.g. proxy_windows = 4")
+        if self.rounds < 1:
+            raise EdgepruneError(f"rounds {self.rounds} must be 1 or more", "pass e.g. --rounds 3")
         if self.where not in ("device", "local"):
             raise EdgepruneError(f"where '{self.where}' is unknown", "use device or local")
 
@@ -109,6 +112,7 @@ class FitReport:
     latency_models: dict = field(default_factory=dict)
     shortlist_choice: str | None = None  # what the shortlist rounds alone chose (with measure_all: a check of the proxy)
     measured_all: bool = False
+    profile_rounds: int = 1  # profile rounds per measurement (timings are medians; pruned ones relative to dense int4)
     schema_version: int = FIT_SCHEMA_VERSION
 
     def entry(self, key: str) -> Entry:
@@ -249,7 +253,38 @@ def _figures(variant, run, is_decoder: bool) -> dict:
     return out
 
 
+REFERENCE = "reference"  # the dense int4 graph, profiled again alongside later candidates
+TIMINGS = ("decode_ms", "ttft_ms", "latency_ms")
+
+
+def combine_rounds(rounds: list[dict], reference: list[dict] | None = None, reference_figures: dict | None = None) -> dict:
+    """One candidate's profile rounds as one result: each figure's median, and with a reference profiled in the same
+    rounds, each timing as the median per-round ratio to it × the reference's own figure. Any failed round fails it."""
+    import statistics
+
+    failed = next((r for r in rounds if not r["ok"]), None)
+    if failed is not None:
+        return failed
+    figures = {}
+    for key in rounds[0]["figures"]:
+        values = [r["figures"][key] for r in rounds]
+        if any(v is None for v in values):
+            figures[key] = None
+            continue
+        paired = reference is not None and reference_figures and reference_figures.get(key) and key in TIMINGS and all(
+            r["ok"] and r["figures"].get(key) for r in reference)
+        if paired:
+            ratio = statistics.median(v / r["figures"][key] for v, r in zip(values, reference))
+            figures[key] = ratio * reference_figures[key]
+        else:
+            figures[key] = statistics.median(values)
+    return {"figures": figures, "ok": True, "reason": None, "rounds": [r["figures"] for r in rounds],
+            "reference_rounds": [r["figures"] for r in reference] if reference else None}
+
+
 class _Fit:
+    reference: Entry | None = None  # dense int4, once measured
+
     def __init__(self, model: str, device, out: Path, config: FitConfig, log: Callable[[str], None]):
         from edgeprune.models.loading import load_model
 
@@ -325,24 +360,40 @@ class _Fit:
         return result["value"]
 
     def measure(self, entries: list[Entry]) -> None:
-        """Export, quantise, profile (together, in one ``profile`` call) and evaluate on the whole held-out text."""
+        """Export, quantise, profile (together, ``rounds`` times in alternating order) and evaluate on the whole held-out text.
+
+        Once :attr:`reference` (dense int4) is measured, it is profiled again in every round with later candidates, and
+        their timings are the median of their per-round ratio to it × its own measured figure: what a noisy machine
+        does to one round, it does to both."""
         from edgeprune.profiling import profile
 
+        ref = self.reference if self.reference is not None and self.reference not in entries else None
         depends = {}
         for e in entries:
             self.quantized(e.candidate)
-            depends[e.candidate.key] = {"graph": self.cache.key(f"quant-{e.candidate.key}")} | self.source
+            depends[e.candidate.key] = {"graph": self.cache.key(f"quant-{e.candidate.key}"), "rounds": self.config.rounds} | self.source
+            if ref is not None:
+                depends[e.candidate.key]["reference"] = self.cache.key(f"profile-{self.device.name}-{ref.candidate.key}")
         todo = [e for e in entries if self.cache.read(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key]) is None]
         if todo:
             import tempfile
 
-            self.log(f"profiling {len(todo)} candidate(s) on {self.device.name}…")
-            with tempfile.TemporaryDirectory(prefix="edgeprune-fit-profile-") as tmp:
-                report = profile([self.quantized(e.candidate) for e in todo], self.device, [self.threads], Path(tmp) / "report",
-                                 workload=self.config.workload, names=[e.candidate.key for e in todo], where=self.config.where)
-            for e, variant in zip(todo, report.variants):
-                run = variant.runs[0]
-                result = {"figures": _figures(variant, run, self.is_decoder) if run.ok else {}, "ok": run.ok, "reason": run.reason}
+            graphs = [(e.candidate.key, self.quantized(e.candidate)) for e in todo]
+            if ref is not None:
+                graphs.append((REFERENCE, self.quantized(ref.candidate)))
+            rounds: dict[str, list[dict]] = {key: [] for key, _ in graphs}
+            for r in range(self.config.rounds):
+                order = graphs if r % 2 == 0 else graphs[::-1]
+                self.log(f"profiling {len(todo)} candidate(s) on {self.device.name}, round {r + 1}/{self.config.rounds}…")
+                with tempfile.TemporaryDirectory(prefix="edgeprune-fit-profile-") as tmp:
+                    report = profile([g for _, g in order], self.device, [self.threads], Path(tmp) / "report",
+                                     workload=self.config.workload, names=[k for k, _ in order], where=self.config.where)
+                for (key, _), variant in zip(order, report.variants):
+                    run = variant.runs[0]
+                    rounds[key].append({"figures": _figures(variant, run, self.is_decoder) if run.ok else {}, "ok": run.ok,
+                                        "reason": run.reason})
+            for e in todo:
+                result = combine_rounds(rounds[e.candidate.key], rounds.get(REFERENCE), ref.measured if ref is not None else None)
                 self.cache.stage(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key], lambda _tmp, result=result: result)
         for e in entries:
             measured = self.cache.read(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key])
@@ -385,6 +436,7 @@ def fit(model: str, device, out: str | Path, config: FitConfig = FitConfig(), lo
     for e in dense:
         e.predicted, e.basis = dict(e.measured), "measured"
     reference = next((e for e in dense if e.candidate.scheme == "int4" and e.candidate.head_bits == 4), dense[0])
+    state.reference = reference if reference.measured.get(speed_key) else None
     rule, relative = budget.describe(), budget.relative
     budget = budget.absolute(reference.measured, reference.candidate.label)
     if relative:
@@ -458,7 +510,7 @@ def fit(model: str, device, out: str | Path, config: FitConfig = FitConfig(), lo
     chosen = choose(entries, budget)
     report = FitReport(model, device.name, state.threads, budget.limits(), rule, "perplexity" if state.is_decoder else "embedding_cosine",
                        entries, chosen.candidate.key if chosen else None, rounds, round(time.perf_counter() - start, 1), latency_models,
-                       by_shortlist.candidate.key if by_shortlist else None, config.measure_all)
+                       by_shortlist.candidate.key if by_shortlist else None, config.measure_all, config.rounds)
     if chosen is None:
         raise no_fit_error(entries, budget)
     write_fit(report, state.quantized(chosen.candidate), out)

@@ -118,6 +118,9 @@ def summary_lines(data: dict) -> list[str]:
              f"{len(measured)} of {len(data['entries'])} candidates measured"
              + ("" if len(measured) == len(data["entries"]) else f" in {data['rounds']} round(s); the others were predicted only")
              + f" (predictions in brackets). {data['seconds']:.0f} s."]
+    if data.get("profile_rounds", 1) > 1:
+        lines.append(f"Timings are medians of {data['profile_rounds']} profile rounds in alternating order; the pruned candidates' "
+                     f"as their per-round ratio to dense int4, profiled again in the same rounds, × its own figure.")
     if data.get("measured_all"):
         picked = [e for e in data["entries"] if e["shortlisted"]]
         same = data["shortlist_choice"] == data["chosen"]
