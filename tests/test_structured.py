@@ -332,6 +332,33 @@ def test_latency_budget_is_measured_on_the_device(gqa_llama_dir, tmp_path):
     no_leftovers(tmp_path, "none")
 
 
+def test_latency_model_graphs_are_measured_together_in_alternating_rounds(gqa_llama_dir, monkeypatch, tmp_path):
+    """dense, narrowed cut and cut are profiled in one call per round, the order reversed every other round, and each
+    figure is the median of its rounds (a slow round changes nothing)."""
+    from types import SimpleNamespace
+
+    import edgeprune.profiling as profiling
+    from edgeprune.models.loading import load_model
+    from edgeprune.structured.latency import _cut, _measured_ms
+
+    base = {"g0": 10.0, "g1": 4.0, "g2": 6.0}
+    slow = [1.0, 3.0, 1.0]  # round 2 runs three times slower
+    orders = []
+
+    def fake_profile(graphs, device, threads, out, workload, names):
+        orders.append(list(names))
+        r = len(orders) - 1
+        runs = [SimpleNamespace(runs=[SimpleNamespace(ok=True, reason=None, headline={"decode_p50_ms@32": base[n] * slow[r] + r * 0.01})])
+                for n in names]
+        return SimpleNamespace(variants=runs)
+
+    monkeypatch.setattr(profiling, "profile", fake_profile)
+    loaded = load_model(str(gqa_llama_dir))
+    got = _measured_ms(loaded, "this-host", 1, [None, _cut(loaded, 1, narrow=True), _cut(loaded, 1, narrow=False)], rounds=3)
+    assert orders == [["g0", "g1", "g2"], ["g2", "g1", "g0"], ["g0", "g1", "g2"]]
+    assert got == pytest.approx([10.02, 4.02, 6.02])  # medians: round 3 (the middle value), never the slow round
+
+
 def test_speedup_target_is_a_latency_budget_against_the_measured_dense_model(tiny_tokenizer, tmp_path):
     # MLPs wide enough that narrowing them costs measurably less than the per-op overhead of a tiny graph: with the
     # 256-channel model a 1.1x target sometimes fell below the narrowest model the search can reach (timing noise)

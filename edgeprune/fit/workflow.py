@@ -526,10 +526,11 @@ def predicted_latency(state: _Fit, c: Candidate, info: dict):
     spaces, _ = spaces_and_cost(state.loaded.model, state.loaded.adapter, state.config.structured.channel_step, True)
 
     def make(_tmp: Path) -> dict:
-        cost, measured = latency_cost(state.loaded, spaces, state.device, scheme=c.scheme, threads=state.threads)
+        cost, measured = latency_cost(state.loaded, spaces, state.device, scheme=c.scheme, threads=state.threads, rounds=state.config.rounds)
         return {"cost": cost_to_dict(cost), "measured": measured}
 
-    _, result = state.cache.stage(f"latency-{state.device.name}-{c.scheme}", {"source": state.source, "channel_step": state.config.structured.channel_step}, make)
+    _, result = state.cache.stage(f"latency-{state.device.name}-{c.scheme}", {"source": state.source, "channel_step": state.config.structured.channel_step,
+                                                                                 "rounds": state.config.rounds}, make)
     removed, layout = set(info.get("removed_blocks", [])), iter(info["layout"])
     arch = []
     for i, space in enumerate(spaces):

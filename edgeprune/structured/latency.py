@@ -1,7 +1,7 @@
 """A measured ONNX Runtime latency model, so the search can spend a latency budget instead of a parameter one.
 
-Three real graphs are exported and profiled on the device profile (decode ms/token for decoders, one call at
-128 tokens for encoders): the dense model, a copy cut to its first blocks, and that cut with every block
+Three real graphs are exported and profiled on the device profile, together and in alternating rounds (medians; decode
+ms/token for decoders, one call at 128 tokens for encoders): the dense model, a copy cut to its first blocks, and that cut with every block
 narrowed. The first two give what a whole block costs (so removing a block also saves its norms, attention
 over the cache and per-operator overhead); the last two what narrowing saves in the real graph. How the cost
 varies between widths is measured with ONNX Runtime on chains of MatMuls of exactly the block's shapes, one
@@ -105,31 +105,41 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
     return statistics.median(times)
 
 
-def _measured_ms(loaded, device, threads: int, model=None, scheme: str = "none") -> float:
-    """Export the model (or ``model``, a changed copy), quantise it as ``scheme`` (round to nearest: latency does not depend
-    on how the codes were chosen) and measure it once on ``device``: decode p50 ms/token or one encoder call."""
+def _measured_ms(loaded, device, threads: int, models: Sequence, scheme: str = "none", rounds: int = 3) -> list[float]:
+    """Export each model (None: ``loaded`` itself; else a changed copy), quantise it as ``scheme`` (round to nearest: latency
+    does not depend on how the codes were chosen) and measure them together on ``device``, ``rounds`` times in alternating
+    order: the median decode p50 ms/token (encoders: one call) of each."""
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export, quantize
     from edgeprune.profiling import Workload, profile
     from edgeprune.structured.layout import save_layout_folder
 
-    with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
-        source = loaded.source
-        if model is not None:  # saved as a structured folder: its blocks may differ in size
-            source = Path(tmp) / "hf"
-            save_layout_folder(model, loaded.adapter, loaded.tokenizer, source)
-        graph = Path(tmp) / "onnx"
-        export(str(source), graph, ExportConfig(verify=False))
-        if scheme != "none":
-            quantize(graph, Path(tmp) / "q", QuantizeConfig(scheme=scheme, method="rtn"), verify=False)
-            graph = Path(tmp) / "q"
-        workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
-        report = profile([graph], device, [threads], Path(tmp) / "profile", workload=workload)
-    run = report.variants[0].runs[0]
-    if not run.ok:
-        raise EdgepruneError(f"the model could not be measured on '{device.name}': {run.reason}",
-                             "choose a device profile it fits, or use --target-params")
     key = "decode_p50_ms@32" if loaded.is_decoder else f"latency_p50_ms@1x{ENCODER_TOKENS}"
-    return run.headline[key]
+    workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-latency-") as tmp:
+        graphs = []
+        for i, model in enumerate(models):
+            source = loaded.source
+            if model is not None:  # saved as a structured folder: its blocks may differ in size
+                source = Path(tmp) / f"hf{i}"
+                save_layout_folder(model, loaded.adapter, loaded.tokenizer, source)
+            graph = Path(tmp) / f"onnx{i}"
+            export(str(source), graph, ExportConfig(verify=False))
+            if scheme != "none":
+                quantize(graph, Path(tmp) / f"q{i}", QuantizeConfig(scheme=scheme, method="rtn"), verify=False)
+                graph = Path(tmp) / f"q{i}"
+            graphs.append(graph)
+        times: list[list[float]] = [[] for _ in graphs]
+        for r in range(rounds):
+            order = list(range(len(graphs))) if r % 2 == 0 else list(reversed(range(len(graphs))))
+            report = profile([graphs[i] for i in order], device, [threads], Path(tmp) / f"profile{r}", workload=workload,
+                             names=[f"g{i}" for i in order])
+            for i, variant in zip(order, report.variants):
+                run = variant.runs[0]
+                if not run.ok:
+                    raise EdgepruneError(f"the model could not be measured on '{device.name}': {run.reason}",
+                                         "choose a device profile it fits, or use --target-params")
+                times[i].append(run.headline[key])
+    return [statistics.median(t) for t in times]
 
 
 def _cut(loaded, blocks: int, narrow: bool):
@@ -151,10 +161,10 @@ def _cut(loaded, blocks: int, narrow: bool):
 
 
 def latency_cost(loaded, spaces: Sequence[Space], device, progress: Callable[[str, int, int], None] | None = None,
-                 scheme: str = "none", threads: int | None = None) -> tuple[LatencyCost, dict]:
+                 scheme: str = "none", threads: int | None = None, rounds: int = 3) -> tuple[LatencyCost, dict]:
     """Measure the latency model for ``loaded`` on ``device`` (a profile, or its name / .toml), its graphs quantised as
-    ``scheme`` (none, int8, int4), at ``threads`` (default: the profile's, else every usable core); returns it and what
-    was measured."""
+    ``scheme`` (none, int8, int4), at ``threads`` (default: the profile's, else every usable core); the three real graphs
+    are measured together, ``rounds`` times in alternating order (medians). Returns it and what was measured."""
     from edgeprune.profiling.devices import DeviceProfile, load_device
 
     device = device if isinstance(device, DeviceProfile) else load_device(device)
@@ -178,10 +188,10 @@ def latency_cost(loaded, spaces: Sequence[Space], device, progress: Callable[[st
     for i, w in enumerate(widths):
         mlp.append(_chain_ms(hidden, [(w, len(units[0].channel_rows))] * n, tokens, threads, scheme=scheme) / n)
         tick(len(head_counts) + i + 1)
-    dense = _measured_ms(loaded, device, threads, scheme=scheme)
     few = min(4, n - 1)
-    cut = _measured_ms(loaded, device, threads, _cut(loaded, few, narrow=False), scheme) if n > 1 else dense
-    narrow = _measured_ms(loaded, device, threads, _cut(loaded, max(few, 1), narrow=True), scheme)
+    models = [None, _cut(loaded, max(few, 1), narrow=True)] + ([_cut(loaded, few, narrow=False)] if n > 1 else [])
+    dense, narrow, *cut = _measured_ms(loaded, device, threads, models, scheme, rounds)
+    cut = cut[0] if cut else dense
     tick(total)
     widths_ms = [attn[u.num_heads] + float(np.interp(u.channels, widths, mlp)) for u in units]
     first = units[: max(few, 1)]
@@ -192,7 +202,7 @@ def latency_cost(loaded, spaces: Sequence[Space], device, progress: Callable[[st
     per_block = (dense - cut) / (n - few) if n > few else dense / n
     block_ms = per_block - scale * sum(widths_ms) / n
     cost = LatencyCost(tuple(spaces), dense - n * per_block, block_ms, scale, attn, tuple(widths), tuple(mlp))
-    info = {"device": device.name, "scheme": scheme, "threads": threads, "tokens": tokens, "measured_dense_ms": round(dense, 3),
+    info = {"device": device.name, "scheme": scheme, "threads": threads, "tokens": tokens, "rounds": rounds, "measured_dense_ms": round(dense, 3),
             f"measured_first_{few}_blocks_ms": round(cut, 3), f"measured_first_{few}_blocks_narrowed_ms": round(narrow, 3),
             "matmul_scale": round(scale, 3), "block_fixed_ms": round(block_ms, 4),
             "dense_blocks_matmul_ms": round(scale * sum(widths_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
