@@ -17,7 +17,6 @@ import argparse
 import json
 import random
 import statistics
-import tempfile
 from pathlib import Path
 
 import torch
@@ -49,27 +48,25 @@ def layouts(spaces, n_blocks: int, seed: int = 0) -> dict[str, list[tuple[int, i
     }
 
 
-def build(loaded, arch, folder: Path) -> None:
-    """The dense model cut to ``arch`` (first units by index), saved as a structured folder."""
+def build(loaded, arch):
+    """A copy of the dense model cut to ``arch`` (first units by index)."""
     import copy
 
-    from edgeprune.structured.layout import remove_units, save_layout_folder
+    from edgeprune.structured.layout import remove_units
 
     model = copy.deepcopy(loaded.model)
     adapter = loaded.adapter
-    blocks = adapter.blocks(model)
     keep = []
-    for i, (block, (k, c)) in enumerate(zip(blocks, arch)):
+    for i, (block, (k, c)) in enumerate(zip(adapter.blocks(model), arch)):
         if (k, c) == (0, 0):
             continue
         keep.append(i)
         units = adapter.units(block)
         groups = units.num_kv_heads if units.group_size > 1 else 1
         per = units.num_heads // groups
-        heads = torch.tensor([g * per + j for g in range(groups) for j in range(k)])
-        remove_units(block, adapter, heads, torch.arange(c))
+        remove_units(block, adapter, torch.tensor([g * per + j for g in range(groups) for j in range(k)]), torch.arange(c))
     adapter.keep_blocks(model, keep)
-    save_layout_folder(model, adapter, loaded.tokenizer, folder)
+    return model
 
 
 def main() -> None:
@@ -83,10 +80,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from edgeprune.models.loading import load_model
-    from edgeprune.onnx import ExportConfig, QuantizeConfig, export, quantize
-    from edgeprune.profiling import Workload, profile
     from edgeprune.profiling.devices import load_device
-    from edgeprune.structured.latency import ENCODER_TOKENS, cost_to_dict, latency_cost
+    from edgeprune.structured.latency import ENCODER_TOKENS, cost_to_dict, latency_cost, measure_rounds
     from edgeprune.structured.search import dense_arch
     from edgeprune.structured.workflow import StructuredConfig, spaces_and_cost
 
@@ -97,27 +92,8 @@ def main() -> None:
     n = len(spaces)
     named = {"dense": list(dense_arch(spaces))} | layouts(spaces, n)
     key = "decode_p50_ms@32" if loaded.is_decoder else f"latency_p50_ms@1x{ENCODER_TOKENS}"
-    workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
-    with tempfile.TemporaryDirectory(prefix="latency-check-") as tmp:
-        graphs = {}
-        for i, (name, arch) in enumerate(named.items()):
-            src = Path(tmp) / f"hf{i}"
-            if name == "dense":
-                src = args.model
-            else:
-                build(loaded, arch, src)
-            export(str(src), Path(tmp) / f"onnx{i}", ExportConfig(verify=False))
-            graphs[name] = Path(tmp) / f"onnx{i}"
-            if args.scheme != "none":
-                quantize(graphs[name], Path(tmp) / f"q{i}", QuantizeConfig(scheme=args.scheme, method="rtn"), verify=False)
-                graphs[name] = Path(tmp) / f"q{i}"
-        times: dict[str, list[float]] = {name: [] for name in named}
-        for r in range(args.rounds):
-            order = list(named) if r % 2 == 0 else list(reversed(named))
-            report = profile([graphs[k] for k in order], device, [args.threads], Path(tmp) / f"profile{r}", workload=workload,
-                             names=order)
-            for name, variant in zip(order, report.variants):
-                times[name].append(variant.runs[0].headline[key])
+    models = [None if name == "dense" else build(loaded, arch) for name, arch in named.items()]
+    times = dict(zip(named, measure_rounds(loaded, device, args.threads, models, args.scheme, args.rounds)))
     dense_ms = statistics.median(times["dense"])
     rows = []
     for name, arch in named.items():

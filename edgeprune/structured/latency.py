@@ -105,10 +105,10 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
     return statistics.median(times)
 
 
-def _measured_ms(loaded, device, threads: int, models: Sequence, scheme: str = "none", rounds: int = 3) -> list[float]:
+def measure_rounds(loaded, device, threads: int, models: Sequence, scheme: str = "none", rounds: int = 3) -> list[list[float]]:
     """Export each model (None: ``loaded`` itself; else a changed copy), quantise it as ``scheme`` (round to nearest: latency
     does not depend on how the codes were chosen) and measure them together on ``device``, ``rounds`` times in alternating
-    order: the median decode p50 ms/token (encoders: one call) of each."""
+    order: per model, its decode p50 ms/token (encoders: one call) in each round."""
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export, quantize
     from edgeprune.profiling import Workload, profile
     from edgeprune.structured.layout import save_layout_folder
@@ -139,7 +139,7 @@ def _measured_ms(loaded, device, threads: int, models: Sequence, scheme: str = "
                     raise EdgepruneError(f"the model could not be measured on '{device.name}': {run.reason}",
                                          "choose a device profile it fits, or use --target-params")
                 times[i].append(run.headline[key])
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def _cut(loaded, blocks: int, narrow: bool):
@@ -190,7 +190,7 @@ def latency_cost(loaded, spaces: Sequence[Space], device, progress: Callable[[st
         tick(len(head_counts) + i + 1)
     few = min(4, n - 1)
     models = [None, _cut(loaded, max(few, 1), narrow=True)] + ([_cut(loaded, few, narrow=False)] if n > 1 else [])
-    dense, narrow, *cut = _measured_ms(loaded, device, threads, models, scheme, rounds)
+    dense, narrow, *cut = [statistics.median(t) for t in measure_rounds(loaded, device, threads, models, scheme, rounds)]
     cut = cut[0] if cut else dense
     tick(total)
     widths_ms = [attn[u.num_heads] + float(np.interp(u.channels, widths, mlp)) for u in units]
