@@ -156,6 +156,11 @@ def prune(
     option: List[str] = typer.Option([], help="method hyperparameter KEY=VALUE, e.g. steps=60"),
     permute: bool = typer.Option(False, help="for N:M patterns, first reorder input channels (absorbed exactly) to keep more "
                                               "important weights"),
+    stream: str = typer.Option("auto", help="on: read and write one block at a time, so memory holds one block "
+                                                        "(safetensors folders and GGUF); auto: when the model's fp32 "
+                                                        "weights exceed half the free memory; off"),
+    dtype: str = typer.Option("auto", help="storage dtype of the output: auto (the checkpoint's), fp32, bf16 or "
+                                                      "fp16; the arithmetic is fp32 either way"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Prune MODEL and write a Hugging Face folder with zeros in the weights and edgeprune.json."""
@@ -170,6 +175,8 @@ def prune(
         overrides=_key_values(override, "override"),
         options={k: _typed(v) for k, v in _key_values(option, "option").items()},
         permute=permute,
+        stream=stream,
+        dtype=dtype,
     )
     _set_threads(threads)
     with _Display(f"{method} {sparsity}") as bar:

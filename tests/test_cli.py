@@ -315,7 +315,8 @@ def _field_default(cls, path: str):
 @pytest.mark.parametrize("command, config, names", [
     ("prune", "edgeprune.pruning:PruneConfig", {"method": "method", "sparsity": "sparsity", "calib": "calib.source",
                                                  "samples": "calib.samples", "seqlen": "calib.seqlen", "seed": "calib.seed",
-                                                 "torch_device": "device", "permute": "permute"}),
+                                                 "torch_device": "device", "permute": "permute",
+                                                 "stream": "stream", "dtype": "dtype"}),
     ("quantize", "edgeprune.onnx:QuantizeConfig", {"scheme": "scheme", "block_size": "block_size", "symmetric": "symmetric",
                                                    "quantize_head": "head", "head_bits": "head_bits", "method": "method",
                                                    "calib": "calib.source", "act_order": "act_order", "damp": "damp",

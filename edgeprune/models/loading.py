@@ -211,3 +211,46 @@ def load_model(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dtype 
         model.config._name_or_path = str(path)  # where it came from, not the cache folder
     model.eval().to(device)
     return LoadedModel(model, tokenizer, adapter, source, path, gguf_file)
+
+
+def stream_source(spec: str | os.PathLike) -> Path | None:
+    """The safetensors folder a model can be streamed from (a folder, or a GGUF's converted cache), else None."""
+    kind, path, gguf_file = resolve_spec(spec)
+    if kind == "gguf":
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        adapter = adapter_for_model_type(_read_config(kind, path, gguf_file, str(spec))[0])
+        path = gguf_as_folder(path, gguf_file, AutoModelForCausalLM if adapter.task == "text-generation" else AutoModel)
+    elif kind != "folder":
+        return None
+    from edgeprune.models.streaming import Checkpoint
+
+    return path if Checkpoint.available(path) and not is_structured(path) else None
+
+
+def load_streamed(spec: str | os.PathLike, device: str = "cpu", storage: torch.dtype | None = None):
+    """The model on the meta device with its tokenizer, and a :class:`~edgeprune.models.streaming.StreamedModel` that
+    reads its blocks from the safetensors one at a time (storage dtype: ``storage``, or the checkpoint's)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    from edgeprune.models.streaming import Checkpoint, StreamedModel, meta_model
+
+    source = str(spec)
+    kind, path, gguf_file = resolve_spec(spec)
+    folder = stream_source(spec)
+    if folder is None:
+        raise EdgepruneError(f"'{source}' cannot be streamed: it is not a folder of safetensors weights with equal blocks",
+                             "download it to a folder first, or pass --stream off to load it whole")
+    adapter = adapter_for_model_type(_read_config("folder", folder, None, source)[0])
+    model_cls = AutoModelForCausalLM if adapter.task == "text-generation" else AutoModel
+    status(f"reading {source} block by block")
+    try:
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except OSError as exc:
+        raise EdgepruneError(f"cannot load model '{source}': {str(exc).splitlines()[0]}", "check the path") from None
+    model = meta_model(config, model_cls)
+    checkpoint = Checkpoint(folder)
+    loaded = LoadedModel(model, tokenizer, adapter, source, path, gguf_file)
+    return loaded, StreamedModel(model, adapter, checkpoint, device, storage or checkpoint.storage_dtype())

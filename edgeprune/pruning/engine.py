@@ -7,6 +7,7 @@ output becomes the next block's input (as in SparseGPT and Wanda).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import time
@@ -233,39 +234,47 @@ def prune_model(
     progress: Callable[[int, int], None] | None = None,
     error_samples: int = 8,
     permute: bool = False,
+    stream=None,
 ) -> PruneReport:
-    """Prune ``model`` in place, block by block. Returns what was done, per layer."""
+    """Prune ``model`` in place, block by block. Returns what was done, per layer.
+
+    With ``stream`` (a :class:`~edgeprune.models.streaming.StreamedModel`) the model lives on the meta device: each
+    block is read from the checkpoint before it is pruned and written out and released after, so memory holds one
+    block at a time. The arithmetic is the same either way."""
     start = time.perf_counter()
     specs = resolve_specs(adapter, model, spec, overrides or {})
     blocks = adapter.blocks(model)
-    model.to(device)
+    if stream is None:
+        model.to(device)
     hidden, context = None, None
     if pruner.needs_calibration or error_samples:
         if calib_ids is None:
             raise EdgepruneError(f"method '{pruner.name}' needs calibration data", "pass --calib")
-        hidden, context = embed_calibration(adapter, model, calib_ids.to(device), batch_size)
+        with stream.embedding() if stream is not None else contextlib.nullcontext():
+            hidden, context = embed_calibration(adapter, model, calib_ids.to(device), batch_size)
     layers: list[LayerRecord] = []
     errors: list[dict] = []
     gen = torch.Generator().manual_seed(0)
     permutations: list[dict] = []
     for i, block in enumerate(blocks):
-        prefix = adapter.block_prefix(model, i)
-        ctx = BlockContext(i, prefix, block, adapter, hidden, context, specs[prefix], batch_size, None, gen)
-        if permute:
-            permutations += permute_block(ctx)
-        dense_block = ctx.dense_block = copy.deepcopy(block)
-        results = pruner.prune_block(ctx)
-        ctx.apply(results)
-        for name, linear in adapter.block_linears(block).items():
-            w = linear.weight
-            layers.append(
-                LayerRecord(f"{prefix}.{name}", tuple(w.shape), float((w == 0).float().mean()), str(specs[prefix].get(name, "dense")))
-            )
-        if hidden is not None:
-            if error_samples:
-                errors.append({"block": i, "error": _block_attention_error(adapter, block, dense_block, hidden[:error_samples], context)})
-            hidden = run_block_batched(adapter, block, hidden, context, batch_size)
-        del dense_block
+        with stream.block(i, block) if stream is not None else contextlib.nullcontext():
+            prefix = adapter.block_prefix(model, i)
+            ctx = BlockContext(i, prefix, block, adapter, hidden, context, specs[prefix], batch_size, None, gen)
+            if permute:
+                permutations += permute_block(ctx)
+            dense_block = ctx.dense_block = copy.deepcopy(block)
+            results = pruner.prune_block(ctx)
+            ctx.apply(results)
+            for name, linear in adapter.block_linears(block).items():
+                w = linear.weight
+                layers.append(
+                    LayerRecord(f"{prefix}.{name}", tuple(w.shape), float((w == 0).float().mean()), str(specs[prefix].get(name, "dense")))
+                )
+            if hidden is not None:
+                if error_samples:
+                    errors.append({"block": i, "error": _block_attention_error(adapter, block, dense_block, hidden[:error_samples], context)})
+                hidden = run_block_batched(adapter, block, hidden, context, batch_size)
+            del dense_block, ctx
         if progress:
             progress(i + 1, len(blocks))
     seconds = time.perf_counter() - start

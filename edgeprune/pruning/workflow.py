@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from edgeprune.data import CalibConfig, calibration_batch
 from edgeprune.errors import EdgepruneError
 from edgeprune.pruning.engine import Pruner, PruneReport, prune_model, resolve_specs
@@ -32,6 +34,11 @@ class PruneConfig:
     options: dict[str, Any] = field(default_factory=dict)  # method hyperparameters
     batch_size: int = 8
     permute: bool = False  # N:M: reorder input channels first (exactly absorbed) to keep more important weights
+    stream: str = "auto"  # on: read/write one block at a time (memory ≈ one block); auto: when the model is over half of free RAM
+    dtype: str = "auto"  # storage dtype of the output: auto (the checkpoint's), fp32, bf16 or fp16; the math is fp32
+
+
+STREAM_MODES = ("auto", "on", "off")
 
 
 def make_pruner(method: str, options: dict[str, Any] | None = None) -> Pruner:
@@ -71,8 +78,13 @@ def check_prune(model: str, out: str | Path, config: PruneConfig, overwrite: boo
     from edgeprune.runtime import resolve_device
     from edgeprune.specs import resolve_spec
 
+    from edgeprune.models.streaming import parse_storage_dtype
+
     spec = parse_sparsity(config.sparsity)
     pruner = make_pruner(config.method, config.options)
+    parse_storage_dtype(config.dtype)
+    if config.stream not in STREAM_MODES:
+        raise EdgepruneError(f"unknown --stream '{config.stream}'", "use auto, on or off")
     device = resolve_device(config.device)
     resolve_spec(model)
     check_out_dir(out, overwrite)
@@ -94,6 +106,8 @@ def prune(
     from edgeprune.models.loading import load_model
 
     spec, pruner, device = check_prune(model, out, config, overwrite)
+    if _streams(model, config):
+        return _prune_streamed(model, out, config, overwrite, progress, spec, pruner, device)
     loaded = load_model(model, device=device)
     calib_ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
     report = prune_model(
@@ -104,41 +118,113 @@ def prune(
     return report
 
 
+def _streams(model: str, config: PruneConfig) -> bool:
+    """Whether this prune reads and writes one block at a time (``--stream``; auto: the model's fp32 weights would
+    take more than half of the memory free now)."""
+    import psutil
+
+    from edgeprune.data.domains import SELF
+    from edgeprune.data.sources import parse_sources
+    from edgeprune.models.loading import stream_source
+    from edgeprune.models.streaming import Checkpoint
+
+    if config.stream == "off":
+        return False
+    if any(part.source == SELF for part in parse_sources(config.calib.source)):
+        if config.stream == "on":
+            raise EdgepruneError("--calib self samples from the whole model, which --stream on never holds",
+                                 "use another --calib (e.g. pydoc), or --stream off")
+        return False
+    folder = stream_source(model)
+    if config.stream == "on":
+        if folder is None:
+            raise EdgepruneError(f"'{model}' cannot be streamed: it is not a folder of safetensors weights with equal "
+                                 "blocks", "download it to a folder first, or pass --stream off")
+        return True
+    if folder is None:
+        return False
+    checkpoint = Checkpoint(folder)
+    fp32_bytes = checkpoint.nbytes() * 32 // torch.finfo(checkpoint.storage_dtype()).bits
+    return fp32_bytes > psutil.virtual_memory().available // 2
+
+
+def _prune_streamed(model, out, config: PruneConfig, overwrite, progress, spec, pruner, device) -> PruneReport:
+    """Prune one block at a time: each block is read, pruned, written to the output folder and released."""
+    from edgeprune.io import atomic_dir
+    from edgeprune.models.loading import load_streamed
+    from edgeprune.models.streaming import parse_storage_dtype
+    from edgeprune.progress import status
+
+    loaded, stream = load_streamed(model, device, parse_storage_dtype(config.dtype))
+    calib_ids = calibration_batch(loaded.tokenizer, config.calib)
+    with atomic_dir(out, overwrite) as tmp:
+        stream.out = tmp
+        report = prune_model(
+            loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
+            permute=config.permute, stream=stream,
+        )
+        status(f"writing {out}")
+        stream.finish()
+        loaded.tokenizer.save_pretrained(tmp)
+        _copy_extra_files(stream.checkpoint.folder, tmp)
+        _write_prune_metadata(tmp, loaded, report, config, device, int(calib_ids.numel()), stream.storage, streamed=True)
+    return report
+
+
 def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: str, calib_tokens: int, overwrite: bool, extra: dict | None = None) -> None:
     """Write the pruned model as a Hugging Face folder with ``edgeprune.json``, atomically."""
-    from edgeprune import __version__
     from edgeprune.io import atomic_dir
-    from edgeprune.metadata import write_metadata
-
     from edgeprune.progress import status
     from edgeprune.structured.layout import LAYOUT_KEY, save_layout_folder
 
     status(f"writing {out}")
+    storage = _storage_dtype(loaded, config)
     with atomic_dir(out, overwrite) as tmp:
+        model = loaded.model.to("cpu").to(storage)
         if hasattr(loaded.model.config, LAYOUT_KEY):  # blocks of different sizes: the folder needs modeling_edgeprune.py
-            save_layout_folder(loaded.model.to("cpu"), loaded.adapter, loaded.tokenizer, tmp)
+            save_layout_folder(model, loaded.adapter, loaded.tokenizer, tmp)
         else:
-            loaded.model.to("cpu").save_pretrained(tmp, safe_serialization=True)
+            model.save_pretrained(tmp, safe_serialization=True)
             loaded.tokenizer.save_pretrained(tmp)
         _copy_extra_files(loaded.path if loaded.gguf_file is None else None, tmp)
-        meta = {
-            "edgeprune_version": __version__,
-            "source_model": loaded.source,
-            "architecture": loaded.adapter.family,
-            "task": loaded.adapter.task,
-            "method": report.method,
-            "sparsity": report.sparsity,
-            "settings": report.settings,
-            "overrides": dict(config.overrides),
-            "permute": config.permute,
-            "device": device,
-            "calibration": dataclasses.asdict(config.calib) | {"tokens": calib_tokens},
-            "seconds": round(report.seconds, 2),
-            "overall_sparsity": round(report.overall_sparsity, 6),
-            "layers": [dataclasses.asdict(layer) for layer in report.layers],
-            "attention_error": report.attention_error,
-            "diagnostics": report.diagnostics,
-            "permutations": report.permutations,
-        } | (extra or {})
-        write_metadata(tmp, meta)
+        _write_prune_metadata(tmp, loaded, report, config, device, calib_tokens, storage, streamed=False, extra=extra)
 
+
+def _storage_dtype(loaded, config: PruneConfig):
+    """``--dtype``, or for auto the dtype of the checkpoint the model came from (fp32 for GGUF and the Hub)."""
+    from edgeprune.models.streaming import Checkpoint, parse_storage_dtype
+
+    chosen = parse_storage_dtype(config.dtype)
+    if chosen is not None:
+        return chosen
+    return Checkpoint(loaded.path).storage_dtype() if Checkpoint.available(loaded.path) else torch.float32
+
+
+def _write_prune_metadata(folder, loaded, report: PruneReport, config: PruneConfig, device: str, calib_tokens: int,
+                          storage, streamed: bool, extra: dict | None = None) -> None:
+    from edgeprune import __version__
+    from edgeprune.metadata import write_metadata
+    from edgeprune.models.streaming import DTYPE_NAMES
+
+    meta = {
+        "edgeprune_version": __version__,
+        "source_model": loaded.source,
+        "architecture": loaded.adapter.family,
+        "task": loaded.adapter.task,
+        "method": report.method,
+        "sparsity": report.sparsity,
+        "settings": report.settings,
+        "overrides": dict(config.overrides),
+        "permute": config.permute,
+        "device": device,
+        "calibration": dataclasses.asdict(config.calib) | {"tokens": calib_tokens},
+        "seconds": round(report.seconds, 2),
+        "overall_sparsity": round(report.overall_sparsity, 6),
+        "storage_dtype": DTYPE_NAMES[storage],
+        "streamed": streamed,
+        "layers": [dataclasses.asdict(layer) for layer in report.layers],
+        "attention_error": report.attention_error,
+        "diagnostics": report.diagnostics,
+        "permutations": report.permutations,
+    } | (extra or {})
+    write_metadata(folder, meta)

@@ -1,0 +1,142 @@
+"""Block-at-a-time pruning (``--stream on``): the same result as loading the model whole, one block in memory."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from conftest import make_tiny_bert, make_tiny_llama
+from edgeprune.cli import app
+from edgeprune.data import CalibConfig
+from edgeprune.pruning import PruneConfig, prune
+from edgeprune.pruning.engine import Pruner, prune_model
+from edgeprune.pruning.wanda import WandaPruner
+
+CALIB = CalibConfig("pydoc", 4, 64)
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    out = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def _save(model, tokenizer, folder, dtype=torch.float32, shard="5GB"):
+    model.to(dtype).save_pretrained(folder, max_shard_size=shard)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "attention"])
+def test_streamed_prune_equals_the_whole_model_prune(tiny_tokenizer, tmp_path, method):
+    """A sharded Llama checkpoint pruned block by block gives the same tensors, bit for bit, and a loadable folder."""
+    from transformers import AutoModelForCausalLM
+
+    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3), tiny_tokenizer, tmp_path / "src", shard="40KB")
+    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
+    prune(str(src), whole, PruneConfig(method=method, calib=CALIB, stream="off"))
+    report = prune(str(src), streamed, PruneConfig(method=method, calib=CALIB, stream="on"))
+    a, b = _tensors(whole), _tensors(streamed)
+    assert set(a) == set(b) and len(a) == 3 * 9 + 2  # tied head: written once, as the source has it
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert report.overall_sparsity == pytest.approx(0.5)
+    meta = json.loads((streamed / "edgeprune.json").read_text())
+    assert meta["streamed"] is True and meta["storage_dtype"] == "fp32"
+    index = json.loads((streamed / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 4  # one shard per block + the rest
+    model = AutoModelForCausalLM.from_pretrained(streamed)
+    ids = torch.tensor([[5, 9, 30, 7]])
+    ref = AutoModelForCausalLM.from_pretrained(whole)
+    assert torch.equal(model(ids).logits, ref(ids).logits)
+
+
+def test_streamed_bert_and_bf16_storage(tiny_tokenizer, tmp_path):
+    """An encoder in one bf16 file: auto keeps bf16 both ways (the same tensors); --dtype fp32 widens the output."""
+    src = _save(make_tiny_bert(len(tiny_tokenizer)), tiny_tokenizer, tmp_path / "src", dtype=torch.bfloat16)
+    prune(str(src), tmp_path / "whole", PruneConfig(method="wanda", calib=CALIB, stream="off"))
+    prune(str(src), tmp_path / "streamed", PruneConfig(method="wanda", calib=CALIB, stream="on"))
+    prune(str(src), tmp_path / "fp32", PruneConfig(method="wanda", calib=CALIB, stream="on", dtype="fp32"))
+    a, b, c = (_tensors(tmp_path / n) for n in ("whole", "streamed", "fp32"))
+    assert set(a) == set(b) == set(c)
+    for name in a:
+        assert a[name].dtype == b[name].dtype == torch.bfloat16
+        assert torch.equal(a[name], b[name]), name
+        assert c[name].dtype == torch.float32 and torch.equal(c[name].to(torch.bfloat16), a[name]), name
+    assert json.loads((tmp_path / "fp32" / "config.json").read_text())["torch_dtype"] == "float32"
+
+
+class _OneBlockAtATime(WandaPruner):
+    """Wanda that records, for every block it prunes, which blocks have real (non-meta) weights at that moment."""
+
+    def __init__(self, model, adapter):
+        super().__init__()
+        self.model, self.adapter, self.seen = model, adapter, []
+
+    def prune_block(self, ctx):
+        live = [i for i, b in enumerate(self.adapter.blocks(self.model)) if any(p.device.type != "meta" for p in b.parameters())]
+        stem = [n for n, p in self.model.named_parameters() if not n.startswith("model.layers.") and p.device.type != "meta"]
+        self.seen.append((ctx.index, live, stem))
+        return super().prune_block(ctx)
+
+
+def test_streaming_holds_one_block_at_a_time(tiny_tokenizer, tmp_path):
+    from edgeprune.models.loading import load_streamed
+    from edgeprune.sparsity import parse_sparsity
+
+    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=4), tiny_tokenizer, tmp_path / "src")
+    loaded, stream = load_streamed(str(src))
+    assert all(p.device.type == "meta" for p in loaded.model.parameters())
+    stream.out = tmp_path / "out"
+    stream.out.mkdir()
+    pruner = _OneBlockAtATime(loaded.model, loaded.adapter)
+    ids = torch.randint(4, len(tiny_tokenizer), (2, 32))
+    prune_model(loaded.model, loaded.adapter, pruner, parse_sparsity("2:4"), ids, stream=stream)
+    assert pruner.seen == [(i, [i], []) for i in range(4)]  # the embedding is released before block 0
+    assert all(p.device.type == "meta" for p in loaded.model.parameters())
+    assert len(list(stream.out.glob("model-*.safetensors"))) == 4  # the blocks; finish() adds the rest
+
+
+class _FailsAtBlock(Pruner):
+    name = "fails"
+    needs_calibration = False
+
+    def prune_block(self, ctx):
+        if ctx.index == 1:
+            raise RuntimeError("disk full")
+        return {}
+
+
+def test_a_failed_stream_leaves_nothing_half_written(tiny_tokenizer, tmp_path, monkeypatch):
+    import edgeprune.pruning.workflow as workflow
+
+    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3), tiny_tokenizer, tmp_path / "src")
+    monkeypatch.setattr(workflow, "make_pruner", lambda method, options=None: _FailsAtBlock())
+    with pytest.raises(RuntimeError, match="disk full"):
+        prune(str(src), tmp_path / "out", PruneConfig(method="magnitude", calib=CALIB, stream="on"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stream", "maybe"], "unknown --stream 'maybe'"),
+    (["--dtype", "int3"], "unknown --dtype 'int3'"),
+    (["--stream", "on", "--calib", "self"], "--calib self samples from the whole model"),
+])
+def test_bad_stream_settings_are_one_line_errors(tiny_llama_dir, tmp_path, args, message):
+    result = CliRunner().invoke(app, ["prune", str(tiny_llama_dir), "--out", str(tmp_path / "o"), "--method", "wanda", *args])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_pickle_checkpoint_cannot_stream(tiny_tokenizer, tmp_path):
+    src = tmp_path / "bin"
+    make_tiny_llama(len(tiny_tokenizer)).save_pretrained(src, safe_serialization=False)
+    tiny_tokenizer.save_pretrained(src)
+    result = CliRunner().invoke(app, ["prune", str(src), "--out", str(tmp_path / "o"), "--method", "wanda", "--stream", "on"])
+    assert result.exit_code == 2
+    assert "cannot be streamed" in result.output and "--stream off" in result.output
+    assert not (tmp_path / "o").exists()
