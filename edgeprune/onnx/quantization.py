@@ -106,6 +106,7 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     import copy
 
     from edgeprune.data import calibration_batch
+    from edgeprune.pruning.engine import sequential
     from edgeprune.pruning.kernels import Hessian, gptq_int4
 
     model = copy.deepcopy(loaded.model).float().eval()
@@ -114,15 +115,13 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     out = CalibratedInt4({})
     errors = {}
     originals = {name: linear.weight.detach().clone() for name, linear in adapter.prunable_linears(model).items()}
-    blocks = adapter.blocks(model)
+    status("GPTQ int4 codes (blocks)", 0, len(adapter.blocks(model)))
     with torch.no_grad():
-        hidden, context = adapter.embed(model, ids)
-        for b, block in enumerate(blocks):
-            status("GPTQ int4 codes (blocks)", b, len(blocks))
-            stages = adapter.stages(block)
+        # one batch of every calibration sequence: GPTQ's Hessians and the propagation see them all at once
+        for ctx in sequential(adapter, model, ids, batch_size=len(ids), progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
+            stages = adapter.stages(ctx.block)
             stats = [Hessian(next(iter(stage.values())).in_features) for stage in stages]
-            adapter.read_inputs(block, hidden, context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
-            prefix = adapter.block_prefix(model, b)
+            adapter.read_inputs(ctx.block, ctx.inputs, ctx.context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
             for stage, h in zip(stages, stats):
                 hessian = h.value
                 for name, linear in stage.items():
@@ -131,11 +130,11 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
                         continue  # ORT pads such a layer; it keeps round-to-nearest codes
                     new, grid = gptq_int4(weight, hessian, config.block_size, config.act_order, config.damp)
                     delta, hd = (new - weight).double(), hessian.double()
-                    errors[f"{prefix}.{name}"] = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
+                    errors[f"{ctx.prefix}.{name}"] = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
                     linear.weight.data = new
-                    out.layers[f"{prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
-            hidden = adapter.run_block(block, hidden, context)
-    status("GPTQ int4 codes (blocks)", len(blocks), len(blocks))
+                    out.layers[f"{ctx.prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
+            last = ctx
+        hidden = last.outputs()  # the final hidden states (computed once, by the pipeline's propagation)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = head is not None and getattr(model.config, "tie_word_embeddings", False)
     if config.head and config.head_bits == 4 and tied and head.weight.shape[1] % config.block_size == 0:

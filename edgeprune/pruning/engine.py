@@ -1,8 +1,10 @@
-"""Sequential, layer-by-layer calibration: the plumbing every pruning method shares.
+"""The one sequential calibration pipeline, and the plumbing every pruning method shares.
 
-Calibration tokens are embedded once; then each block is pruned in turn on the
-hidden states produced by the *already pruned* blocks before it, and its pruned
-output becomes the next block's input (as in SparseGPT and Wanda).
+:func:`sequential` is the only loop that runs blocks over calibration data: calibration tokens are embedded once;
+then each block is handed to its client (a pruning method, GPTQ int4 calibration, structured scoring, reformation)
+on the hidden states produced by the *already compressed* blocks before it, and its output as the client left it
+becomes the next block's input (as in SparseGPT and Wanda, and llm-compressor's sequential pipeline). With a
+stream, each block is read from the checkpoint before its turn and written out and released after it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import fnmatch
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -49,6 +51,18 @@ class BlockContext:
     dense_block: nn.Module | None  # an untouched copy of the block, for dense targets
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
     _dense_inputs: dict | None = field(default=None, repr=False)
+    _outputs: torch.Tensor | None = field(default=None, repr=False)
+
+    def keep_dense_copy(self) -> nn.Module:
+        """Snapshot the block as it is now (before compression) as ``dense_block``, the target of dense-output fits."""
+        self.dense_block = copy.deepcopy(self.block)
+        return self.dense_block
+
+    def outputs(self) -> torch.Tensor:
+        """The block's outputs on ``inputs`` as the block is now; computed once, and what the next block reads."""
+        if self._outputs is None:
+            self._outputs = run_block_batched(self.adapter, self.block, self.inputs, self.context, self.batch_size)
+        return self._outputs
 
     def batches(self):
         for start in range(0, self.inputs.shape[0], self.batch_size):
@@ -103,6 +117,42 @@ class BlockContext:
 
     def apply(self, results: dict[str, LinearResult]) -> None:
         apply_results(self.linears(), results)
+
+
+def sequential(
+    adapter: Adapter,
+    model: nn.Module,
+    calib_ids: torch.Tensor | None,
+    batch_size: int = 8,
+    device: str | None = None,
+    specs: dict[str, dict[str, SparsitySpec]] | None = None,
+    stream=None,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Iterator[BlockContext]:
+    """Calibrate → compress → propagate, block by block: yields each block's :class:`BlockContext`.
+
+    The caller gathers statistics and changes the block while it holds the context; when it asks for the next one,
+    the block's outputs as changed (:meth:`BlockContext.outputs`) become the next block's inputs. Without
+    ``calib_ids`` the contexts have no inputs (data-free methods). ``stream`` (a
+    :class:`~edgeprune.models.streaming.StreamedModel`) holds one block in memory at a time.
+    """
+    blocks = adapter.blocks(model)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    hidden, context = None, None
+    if calib_ids is not None:
+        with stream.embedding() if stream is not None else contextlib.nullcontext():
+            hidden, context = embed_calibration(adapter, model, calib_ids if device is None else calib_ids.to(device), batch_size)
+    for i, block in enumerate(blocks):
+        with stream.block(i, block) if stream is not None else contextlib.nullcontext():
+            prefix = adapter.block_prefix(model, i)
+            ctx = BlockContext(i, prefix, block, adapter, hidden, context, (specs or {}).get(prefix, {}), batch_size, None, gen)
+            yield ctx
+            if hidden is not None:
+                hidden = ctx.outputs()
+            ctx.dense_block = ctx._dense_inputs = None
+        if progress:
+            progress(i + 1, len(blocks))
 
 
 @torch.no_grad()
@@ -243,40 +293,25 @@ def prune_model(
     block at a time. The arithmetic is the same either way."""
     start = time.perf_counter()
     specs = resolve_specs(adapter, model, spec, overrides or {})
-    blocks = adapter.blocks(model)
     if stream is None:
         model.to(device)
-    hidden, context = None, None
-    if pruner.needs_calibration or error_samples:
-        if calib_ids is None:
-            raise EdgepruneError(f"method '{pruner.name}' needs calibration data", "pass --calib")
-        with stream.embedding() if stream is not None else contextlib.nullcontext():
-            hidden, context = embed_calibration(adapter, model, calib_ids.to(device), batch_size)
+    if pruner.needs_calibration and calib_ids is None:
+        raise EdgepruneError(f"method '{pruner.name}' needs calibration data", "pass --calib")
     layers: list[LayerRecord] = []
     errors: list[dict] = []
-    gen = torch.Generator().manual_seed(0)
     permutations: list[dict] = []
-    for i, block in enumerate(blocks):
-        with stream.block(i, block) if stream is not None else contextlib.nullcontext():
-            prefix = adapter.block_prefix(model, i)
-            ctx = BlockContext(i, prefix, block, adapter, hidden, context, specs[prefix], batch_size, None, gen)
-            if permute:
-                permutations += permute_block(ctx)
-            dense_block = ctx.dense_block = copy.deepcopy(block)
-            results = pruner.prune_block(ctx)
-            ctx.apply(results)
-            for name, linear in adapter.block_linears(block).items():
-                w = linear.weight
-                layers.append(
-                    LayerRecord(f"{prefix}.{name}", tuple(w.shape), float((w == 0).float().mean()), str(specs[prefix].get(name, "dense")))
-                )
-            if hidden is not None:
-                if error_samples:
-                    errors.append({"block": i, "error": _block_attention_error(adapter, block, dense_block, hidden[:error_samples], context)})
-                hidden = run_block_batched(adapter, block, hidden, context, batch_size)
-            del dense_block, ctx
-        if progress:
-            progress(i + 1, len(blocks))
+    ids = calib_ids if pruner.needs_calibration or error_samples else None
+    for ctx in sequential(adapter, model, ids, batch_size, device, specs, stream, progress=progress):
+        if permute:
+            permutations += permute_block(ctx)
+        dense_block = ctx.keep_dense_copy()
+        ctx.apply(pruner.prune_block(ctx))
+        for name, linear in adapter.block_linears(ctx.block).items():
+            w = linear.weight
+            layers.append(LayerRecord(f"{ctx.prefix}.{name}", tuple(w.shape), float((w == 0).float().mean()), str(ctx.specs.get(name, "dense"))))
+        if ctx.inputs is not None and error_samples:
+            errors.append({"block": ctx.index, "error": _block_attention_error(adapter, ctx.block, dense_block, ctx.inputs[:error_samples], ctx.context)})
+        del dense_block
     seconds = time.perf_counter() - start
     diagnostics = list(getattr(pruner, "diagnostics", []))
     return PruneReport(pruner.name, str(spec), layers, errors, seconds, pruner.settings(), diagnostics, permutations)

@@ -8,14 +8,13 @@ what they can of it.
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
 from torch import nn
 
 from edgeprune.models.base import Adapter
-from edgeprune.pruning.engine import BlockContext, embed_calibration, run_block_batched
+from edgeprune.pruning.engine import BlockContext, sequential
 
 
 def ridge_refit(w_dense: torch.Tensor, h_pruned: torch.Tensor, cross: torch.Tensor, keep: torch.Tensor, damp: float) -> torch.Tensor:
@@ -59,17 +58,16 @@ def reform_model(
 
     Returns per block the relative block-output error after removal alone and after reformation.
     """
-    blocks = adapter.blocks(model)
-    hidden, context = embed_calibration(adapter, model, calib_ids, batch_size)
     log = []
-    for i, (block, (heads, channels)) in enumerate(zip(blocks, kept)):
+    for ctx, (heads, channels) in zip(sequential(adapter, model, calib_ids, batch_size, progress=progress), kept):
+        block = ctx.block
+        ctx.keep_dense_copy()
         units = adapter.units(block)
-        ctx = BlockContext(i, adapter.block_prefix(model, i), block, adapter, hidden, context, {}, batch_size, copy.deepcopy(block))
         head_cols = (heads[:, None] * units.head_dim + torch.arange(units.head_dim)[None, :]).reshape(-1)
         targets = ((units.head_cols, head_cols), (units.channel_cols, channels))
         for name, keep in targets:
             _zero_cols(block.get_submodule(name), keep)
-        entry = {"block": i, "removal_error": _relative_error(ctx)}
+        entry = {"block": ctx.index, "removal_error": _relative_error(ctx)}
         if heads.numel() == 0:
             entry["removed"] = True  # the whole block goes: nothing to re-fit; later blocks see its absence
         elif reform:
@@ -80,8 +78,4 @@ def reform_model(
                 linear.weight.copy_(ridge_refit(dense_w.float(), pair.pp.value, pair.cross, keep.to(dense_w.device), damp).to(linear.weight.dtype))
             entry["reformed_error"] = _relative_error(ctx)
         log.append(entry)
-        hidden = run_block_batched(adapter, block, hidden, context, batch_size)
-        ctx.dense_block = None
-        if progress:
-            progress(i + 1, len(blocks))
     return log

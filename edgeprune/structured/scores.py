@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgeprune.models.base import Adapter, Units
-from edgeprune.pruning.engine import BlockContext, embed_calibration, run_block_batched
+from edgeprune.pruning.engine import BlockContext, sequential
 from edgeprune.pruning.kernels import ColumnSquareNorms, Hessian
 from edgeprune.registry import Registry
 
@@ -98,17 +98,10 @@ def score_model(model: nn.Module, adapter: Adapter, calib_ids: torch.Tensor, sco
                 progress: Callable[[int, int], None] | None = None) -> list[UnitScores]:
     """Scores of every block's units, from one layer-by-layer pass of the dense model over the calibration ids."""
     fn = SCORES.get(score)
-    blocks = adapter.blocks(model)
-    hidden, context = embed_calibration(adapter, model, calib_ids, batch_size)
     out = []
-    for i, block in enumerate(blocks):
-        units = adapter.units(block)
-        ctx = BlockContext(i, adapter.block_prefix(model, i), block, adapter, hidden, context, {}, batch_size, None)
-        unit_scores = fn(block_weights(block, units), units, block_stats(ctx, units))
-        after = run_block_batched(adapter, block, hidden, context, batch_size)
-        influence = 1 - float(torch.nn.functional.cosine_similarity(hidden.float(), after.float(), dim=-1).mean())
+    for ctx in sequential(adapter, model, calib_ids, batch_size, progress=progress):
+        units = adapter.units(ctx.block)
+        unit_scores = fn(block_weights(ctx.block, units), units, block_stats(ctx, units))
+        influence = 1 - float(torch.nn.functional.cosine_similarity(ctx.inputs.float(), ctx.outputs().float(), dim=-1).mean())
         out.append(UnitScores(unit_scores.heads, unit_scores.channels, influence))
-        hidden = after
-        if progress:
-            progress(i + 1, len(blocks))
     return out
