@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import make_tiny_bert, make_tiny_llama
+from conftest import make_tiny_bert, make_tiny_llama, make_tiny_qwen2
 from edgeprune.cli import app
 from edgeprune.data import CalibConfig
 from edgeprune.pruning import PruneConfig, prune
-from edgeprune.pruning.engine import Pruner, prune_model
+from edgeprune.pruning.engine import prune_model
 from edgeprune.pruning.wanda import WandaPruner
 
 CALIB = CalibConfig("pydoc", 4, 64)
@@ -30,17 +30,20 @@ def _save(model, tokenizer, folder, dtype=torch.float32, shard="5GB"):
     return folder
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "attention"])
-def test_streamed_prune_equals_the_whole_model_prune(tiny_tokenizer, tmp_path, method):
-    """A sharded Llama checkpoint pruned block by block gives the same tensors, bit for bit, and a loadable folder."""
+@pytest.mark.parametrize("method, make", [("wanda", make_tiny_llama), ("sparsegpt", make_tiny_llama),
+                                          ("attention", make_tiny_llama), ("sparsegpt", make_tiny_qwen2)])
+def test_streamed_prune_equals_the_whole_model_prune(tiny_tokenizer, tmp_path, method, make):
+    """A sharded checkpoint pruned block by block gives the same tensors, bit for bit, and a loadable folder
+    (Qwen2: the q/k/v biases travel with their block)."""
     from transformers import AutoModelForCausalLM
 
-    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3), tiny_tokenizer, tmp_path / "src", shard="40KB")
+    src = _save(make(len(tiny_tokenizer), num_hidden_layers=3), tiny_tokenizer, tmp_path / "src", shard="40KB")
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
     prune(str(src), whole, PruneConfig(method=method, calib=CALIB, stream="off"))
     report = prune(str(src), streamed, PruneConfig(method=method, calib=CALIB, stream="on"))
     a, b = _tensors(whole), _tensors(streamed)
-    assert set(a) == set(b) and len(a) == 3 * 9 + 2  # tied head: written once, as the source has it
+    biases = 3 * 3 if make is make_tiny_qwen2 else 0
+    assert set(a) == set(b) and len(a) == 3 * 9 + 2 + biases  # tied head: written once, as the source has it
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert report.overall_sparsity == pytest.approx(0.5)
@@ -100,24 +103,58 @@ def test_streaming_holds_one_block_at_a_time(tiny_tokenizer, tmp_path):
     assert len(list(stream.out.glob("model-*.safetensors"))) == 4  # the blocks; finish() adds the rest
 
 
-class _FailsAtBlock(Pruner):
-    name = "fails"
-    needs_calibration = False
+def test_a_stopped_stream_leaves_no_output_and_resumes_exactly(tiny_tokenizer, tmp_path, monkeypatch):
+    """The disk fills while block 2 is written: a one-line error, no --out, the blocks so far kept; the same command
+    then prunes only the blocks left and writes what an uninterrupted run writes, bit for bit."""
+    import errno
 
-    def prune_block(self, ctx):
-        if ctx.index == 1:
-            raise RuntimeError("disk full")
-        return {}
+    import safetensors.torch
+
+    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=4), tiny_tokenizer, tmp_path / "src")
+    args = ["prune", str(src), "--method", "sparsegpt", "--samples", "4", "--seqlen", "64", "--stream", "on"]
+    assert CliRunner().invoke(app, [*args, "--out", str(tmp_path / "whole")]).exit_code == 0
+
+    real_save, pruned = safetensors.torch.save_file, []
+
+    def disk_fills_at_block_2(tensors, path, metadata=None):
+        if any(name.startswith("model.layers.2.") for name in tensors):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_fills_at_block_2)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "No space left on device" in result.output and "run the same command again: it resumes" in result.output
+    assert not out.exists()
+    partial = tmp_path / ".out.partial"
+    assert sorted(p.name for p in partial.glob("model-*.safetensors")) == ["model-00001-of-00005.safetensors",
+                                                                         "model-00002-of-00005.safetensors"]
+
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    from edgeprune.pruning.sparsegpt import SparseGPTPruner
+
+    real_prune = SparseGPTPruner.prune_block
+    monkeypatch.setattr(SparseGPTPruner, "prune_block", lambda self, ctx: pruned.append(ctx.index) or real_prune(self, ctx))
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert pruned == [2, 3] and not partial.exists()
+    a, b = _tensors(tmp_path / "whole"), _tensors(out)
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+    meta_a, meta_b = (json.loads((d / "edgeprune.json").read_text()) for d in (tmp_path / "whole", out))
+    assert meta_a["layers"] == meta_b["layers"] and meta_a["attention_error"] == meta_b["attention_error"]
 
 
-def test_a_failed_stream_leaves_nothing_half_written(tiny_tokenizer, tmp_path, monkeypatch):
-    import edgeprune.pruning.workflow as workflow
-
-    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3), tiny_tokenizer, tmp_path / "src")
-    monkeypatch.setattr(workflow, "make_pruner", lambda method, options=None: _FailsAtBlock())
-    with pytest.raises(RuntimeError, match="disk full"):
-        prune(str(src), tmp_path / "out", PruneConfig(method="magnitude", calib=CALIB, stream="on"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+def test_a_partial_folder_of_other_settings_is_not_resumed(tiny_tokenizer, tmp_path):
+    src = _save(make_tiny_llama(len(tiny_tokenizer)), tiny_tokenizer, tmp_path / "src")
+    partial = tmp_path / ".out.partial"
+    partial.mkdir()
+    (partial / "model-00001-of-00003.safetensors").write_bytes(b"left by a run with other settings")
+    prune(str(src), tmp_path / "out", PruneConfig(method="wanda", calib=CALIB, stream="on"))
+    ref = tmp_path / "ref"
+    prune(str(src), ref, PruneConfig(method="wanda", calib=CALIB, stream="on"))
+    a, b = _tensors(ref), _tensors(tmp_path / "out")
+    assert all(torch.equal(a[n], b[n]) for n in a) and not partial.exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -140,3 +177,28 @@ def test_a_pickle_checkpoint_cannot_stream(tiny_tokenizer, tmp_path):
     assert result.exit_code == 2
     assert "cannot be streamed" in result.output and "--stream off" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_model_that_neither_streams_nor_fits_is_refused(tiny_tokenizer, tmp_path, monkeypatch):
+    """A pickle checkpoint bigger than free memory: one line that names safetensors + --stream on, before loading."""
+    import psutil
+
+    src = tmp_path / "bin"
+    make_tiny_llama(len(tiny_tokenizer)).save_pretrained(src, safe_serialization=False)
+    tiny_tokenizer.save_pretrained(src)
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=10_000))
+    result = CliRunner().invoke(app, ["prune", str(src), "--out", str(tmp_path / "o"), "--method", "wanda"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "needs 0.0 GiB in fp32 to load whole" in result.output and "--stream on" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_auto_streams_a_safetensors_model_larger_than_half_the_free_memory(tiny_llama_dir, tmp_path, monkeypatch):
+    import psutil
+
+    real = psutil.virtual_memory()
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real._replace(available=100_000))
+    prune(str(tiny_llama_dir), tmp_path / "o", PruneConfig(method="wanda", calib=CALIB))
+    meta = json.loads((tmp_path / "o" / "edgeprune.json").read_text())
+    assert meta["streamed"] is True

@@ -22,6 +22,7 @@ STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.f
 DTYPE_NAMES = {v: k for k, v in STORAGE_DTYPES.items()}
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+PROGRESS = "edgeprune-progress.pt"  # in a streamed run's partial folder: where it stopped (removed when done)
 
 
 def parse_storage_dtype(name: str) -> torch.dtype | None:
@@ -145,6 +146,13 @@ class StreamedModel:
         self.weight_map: dict[str, str] = {}
         self.total_size = 0
         self.written: set[str] = set()
+        self.resumed: dict | None = None  # set by resume(): where a stopped run left off
+        self.key = ""  # what the output depends on; a partial folder of other settings is not resumed
+        self.state = lambda: {}  # the client's records to keep with the progress (the engine sets it)
+        for module in model.modules():  # buffers (rotary frequencies) are real: they go where the blocks compute
+            for attr, buf in module._buffers.items():
+                if buf is not None and buf.device.type != "meta":
+                    module._buffers[attr] = buf.to(device)
 
     # --- reading -----------------------------------------------------------------------------------------------
     def _materialise(self, names: list[str], where: nn.Module, strip: str = "") -> None:
@@ -214,6 +222,36 @@ class StreamedModel:
             self.total_size += t.numel() * t.element_size()
             self.written.add(key)
 
+    def save_progress(self, next_block: int, hidden, context, generator: torch.Generator) -> None:
+        """After each written block: what a re-run needs to go on from ``next_block`` exactly as if never stopped."""
+        if self.out is None:
+            return
+        tmp = self.out / f".{PROGRESS}.tmp"
+        torch.save({"key": self.key, "next_block": next_block, "hidden": hidden, "context": context,
+                    "generator": generator.get_state(), "state": self.state(), "weight_map": self.weight_map,
+                    "total_size": self.total_size}, tmp)
+        os.replace(tmp, self.out / PROGRESS)
+
+    def resume(self, folder: Path) -> int:
+        """Adopt a partial output folder left by a stopped run with the same key. Returns the next block to prune
+        (0: nothing to resume; the folder is then emptied)."""
+        self.out = folder
+        progress = folder / PROGRESS
+        saved = None
+        if progress.is_file():
+            try:
+                saved = torch.load(progress, weights_only=False)
+            except Exception:  # a progress file from a crash mid-write or another version: start over
+                saved = None
+        if saved is None or saved.get("key") != self.key or not all((folder / f).is_file() for f in set(saved["weight_map"].values())):
+            for item in folder.iterdir():
+                item.unlink() if item.is_file() else None
+            return 0
+        self.resumed = saved
+        self.weight_map, self.total_size = dict(saved["weight_map"]), saved["total_size"]
+        self.written = set(self.weight_map)
+        return saved["next_block"]
+
     def finish(self) -> None:
         """Copy every tensor the blocks did not write (embeddings, norms, head) and write the shard index."""
         rest = [n for n in self.checkpoint.files if n not in self.written]
@@ -225,3 +263,4 @@ class StreamedModel:
         config = json.loads((self.checkpoint.folder / "config.json").read_text())
         config["torch_dtype"] = str(self.storage).removeprefix("torch.")
         write_json(self.out / "config.json", config)
+        (self.out / PROGRESS).unlink(missing_ok=True)

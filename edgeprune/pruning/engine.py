@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import fnmatch
 import time
 from abc import ABC, abstractmethod
@@ -140,10 +141,16 @@ def sequential(
     blocks = adapter.blocks(model)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     hidden, context = None, None
-    if calib_ids is not None:
+    resumed = stream.resumed if stream is not None else None
+    if resumed is not None:  # a stopped streamed run: its blocks are on disk, and the hidden states after the last
+        hidden, context = resumed["hidden"], resumed["context"]
+        gen.set_state(resumed["generator"])
+    elif calib_ids is not None:
         with stream.embedding() if stream is not None else contextlib.nullcontext():
             hidden, context = embed_calibration(adapter, model, calib_ids if device is None else calib_ids.to(device), batch_size)
     for i, block in enumerate(blocks):
+        if resumed is not None and i < resumed["next_block"]:
+            continue
         with stream.block(i, block) if stream is not None else contextlib.nullcontext():
             prefix = adapter.block_prefix(model, i)
             ctx = BlockContext(i, prefix, block, adapter, hidden, context, (specs or {}).get(prefix, {}), batch_size, None, gen)
@@ -151,6 +158,8 @@ def sequential(
             if hidden is not None:
                 hidden = ctx.outputs()
             ctx.dense_block = ctx._dense_inputs = None
+        if stream is not None:
+            stream.save_progress(i + 1, hidden, context, gen)
         if progress:
             progress(i + 1, len(blocks))
 
@@ -300,6 +309,14 @@ def prune_model(
     layers: list[LayerRecord] = []
     errors: list[dict] = []
     permutations: list[dict] = []
+    if stream is not None:  # what a stopped run must not lose: restored on resume, saved after every block
+        if stream.resumed is not None:
+            state = stream.resumed["state"]
+            layers, errors, permutations = [LayerRecord(**r) for r in state["layers"]], state["errors"], state["permutations"]
+            if hasattr(pruner, "diagnostics"):
+                pruner.diagnostics = state["diagnostics"]
+        stream.state = lambda: {"layers": [dataclasses.asdict(r) for r in layers], "errors": errors,
+                                "permutations": permutations, "diagnostics": list(getattr(pruner, "diagnostics", []))}
     ids = calib_ids if pruner.needs_calibration or error_samples else None
     for ctx in sequential(adapter, model, ids, batch_size, device, specs, stream, progress=progress):
         if permute:

@@ -120,7 +120,7 @@ def prune(
 
 def _streams(model: str, config: PruneConfig) -> bool:
     """Whether this prune reads and writes one block at a time (``--stream``; auto: the model's fp32 weights would
-    take more than half of the memory free now)."""
+    take more than half of the memory free now). A model that neither streams nor fits in memory is refused here."""
     import psutil
 
     from edgeprune.data.domains import SELF
@@ -128,46 +128,79 @@ def _streams(model: str, config: PruneConfig) -> bool:
     from edgeprune.models.loading import stream_source
     from edgeprune.models.streaming import Checkpoint
 
-    if config.stream == "off":
-        return False
-    if any(part.source == SELF for part in parse_sources(config.calib.source)):
-        if config.stream == "on":
-            raise EdgepruneError("--calib self samples from the whole model, which --stream on never holds",
-                                 "use another --calib (e.g. pydoc), or --stream off")
-        return False
-    folder = stream_source(model)
-    if config.stream == "on":
-        if folder is None:
-            raise EdgepruneError(f"'{model}' cannot be streamed: it is not a folder of safetensors weights with equal "
-                                 "blocks", "download it to a folder first, or pass --stream off")
-        return True
-    if folder is None:
-        return False
-    checkpoint = Checkpoint(folder)
-    fp32_bytes = checkpoint.nbytes() * 32 // torch.finfo(checkpoint.storage_dtype()).bits
-    return fp32_bytes > psutil.virtual_memory().available // 2
+    free = psutil.virtual_memory().available
+    self_calib = any(part.source == SELF for part in parse_sources(config.calib.source))
+    if self_calib and config.stream == "on":
+        raise EdgepruneError("--calib self samples from the whole model, which --stream on never holds",
+                             "use another --calib (e.g. pydoc), or --stream off")
+    folder = stream_source(model) if config.stream != "off" and not self_calib else None
+    if config.stream == "on" and folder is None:
+        raise EdgepruneError(f"'{model}' cannot be streamed: it is not a folder of safetensors weights with equal "
+                             "blocks", "download it to a folder first, or pass --stream off")
+    if folder is not None:
+        checkpoint = Checkpoint(folder)
+        fp32_bytes = checkpoint.nbytes() * 32 // torch.finfo(checkpoint.storage_dtype()).bits
+        if config.stream == "on" or fp32_bytes > free // 2:
+            return True
+    _check_fits(model, free)
+    return False
+
+
+def _check_fits(model: str, free: int) -> None:
+    """Loading the model whole needs its fp32 weights in memory: refuse, naming the fix, when they are more than free."""
+    from edgeprune.models.loading import model_skeleton
+
+    skeleton = model_skeleton(model)
+    if skeleton is None:
+        return
+    need = sum(p.numel() for p in skeleton[0].parameters()) * 4
+    if need > free:
+        raise EdgepruneError(
+            f"'{model}' needs {need / 2**30:.1f} GiB in fp32 to load whole and {free / 2**30:.1f} GiB is free",
+            "save it as safetensors (save_pretrained(..., safe_serialization=True)) and pass --stream on, which holds one "
+            "block at a time")
 
 
 def _prune_streamed(model, out, config: PruneConfig, overwrite, progress, spec, pruner, device) -> PruneReport:
-    """Prune one block at a time: each block is read, pruned, written to the output folder and released."""
-    from edgeprune.io import atomic_dir
+    """Prune one block at a time: each block is read, pruned, written to a partial folder next to ``out`` and
+    released. The partial folder becomes ``out`` when everything is written; if the run stops (disk full, Ctrl-C),
+    the same command resumes after the last block written."""
+    import hashlib
+    import os
+
+    from edgeprune import __version__
+    from edgeprune.io import check_out_dir
     from edgeprune.models.loading import load_streamed
     from edgeprune.models.streaming import parse_storage_dtype
     from edgeprune.progress import status
 
+    out = check_out_dir(out, overwrite)
     loaded, stream = load_streamed(model, device, parse_storage_dtype(config.dtype))
     calib_ids = calibration_batch(loaded.tokenizer, config.calib)
-    with atomic_dir(out, overwrite) as tmp:
-        stream.out = tmp
+    files = sorted((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in set(stream.checkpoint.files.values()))
+    stream.key = hashlib.blake2b(repr((__version__, files, dataclasses.asdict(config), str(stream.storage), device,
+                                       calib_ids.tolist())).encode(), digest_size=16).hexdigest()
+    partial = out.parent / f".{out.name}.partial"
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        start = stream.resume(partial)
+        if start:
+            status(f"resuming {out} after block {start - 1} (written by a stopped run)")
         report = prune_model(
             loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
             permute=config.permute, stream=stream,
         )
         status(f"writing {out}")
         stream.finish()
-        loaded.tokenizer.save_pretrained(tmp)
-        _copy_extra_files(stream.checkpoint.folder, tmp)
-        _write_prune_metadata(tmp, loaded, report, config, device, int(calib_ids.numel()), stream.storage, streamed=True)
+        loaded.tokenizer.save_pretrained(partial)
+        _copy_extra_files(stream.checkpoint.folder, partial)
+        _write_prune_metadata(partial, loaded, report, config, device, int(calib_ids.numel()), stream.storage, streamed=True)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(partial, out)
+    except OSError as exc:
+        raise EdgepruneError(f"writing '{out}' failed: {exc.strerror or exc} (the blocks written so far are kept in "
+                             f"{partial.name})", "free disk space, then run the same command again: it resumes") from None
     return report
 
 
