@@ -103,57 +103,62 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     as q/k/v) moves as one, so it keeps one bit width and stays packable. With a 4-bit head, a tied LM head gets
     GPTQ codes from the final hidden states, which the embedding lookup then shares. The loaded model is not changed.
     """
-    import copy
-
     from edgeprune.data import calibration_batch
     from edgeprune.pruning.engine import sequential
     from edgeprune.pruning.kernels import Hessian, gptq_int4
 
-    model = copy.deepcopy(loaded.model).float().eval()
+    # GPTQ works in place on the loaded model, one block at a time: a block's quantised weights are what the next
+    # block's calibration inputs pass through, and its original weights come back as soon as those inputs exist, so
+    # memory holds the model plus one block's originals (not a second model).
+    model = loaded.model.float().eval()
     adapter = loaded.adapter
     ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
     out = CalibratedInt4({})
     errors = {}
-    originals = {name: linear.weight.detach().clone() for name, linear in adapter.prunable_linears(model).items()}
+    held: dict[torch.nn.Linear, torch.Tensor] = {}  # the current block's original weights
+
+    def restore():
+        for linear, weight in held.items():
+            linear.weight.data = weight
+        held.clear()
+
     status("GPTQ int4 codes (blocks)", 0, len(adapter.blocks(model)))
-    with torch.no_grad():
-        # one batch of every calibration sequence: GPTQ's Hessians and the propagation see them all at once
-        for ctx in sequential(adapter, model, ids, batch_size=len(ids), progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
-            stages = adapter.stages(ctx.block)
-            stats = [Hessian(next(iter(stage.values())).in_features) for stage in stages]
-            adapter.read_inputs(ctx.block, ctx.inputs, ctx.context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
-            for stage, h in zip(stages, stats):
-                hessian = h.value
-                for name, linear in stage.items():
-                    weight = linear.weight.data
-                    if weight.shape[1] % config.block_size:
-                        continue  # ORT pads such a layer; it keeps round-to-nearest codes
-                    new, grid = gptq_int4(weight, hessian, config.block_size, config.act_order, config.damp)
-                    delta, hd = (new - weight).double(), hessian.double()
-                    errors[f"{ctx.prefix}.{name}"] = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
-                    linear.weight.data = new
-                    out.layers[f"{ctx.prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
-            last = ctx
-        hidden = last.outputs()  # the final hidden states (computed once, by the pipeline's propagation)
+    try:
+        with torch.no_grad():
+            # one batch of every calibration sequence: GPTQ's Hessians and the propagation see them all at once
+            for ctx in sequential(adapter, model, ids, batch_size=len(ids), progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
+                restore()  # the previous block: its quantised outputs are this block's inputs now
+                stages = adapter.stages(ctx.block)
+                stats = [Hessian(next(iter(stage.values())).in_features) for stage in stages]
+                adapter.read_inputs(ctx.block, ctx.inputs, ctx.context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
+                for stage, h in zip(stages, stats):
+                    hessian = h.value
+                    for name, linear in stage.items():
+                        weight = linear.weight.data
+                        if weight.shape[1] % config.block_size:
+                            continue  # ORT pads such a layer; it keeps round-to-nearest codes
+                        new, grid = gptq_int4(weight, hessian, config.block_size, config.act_order, config.damp)
+                        delta, hd = (new - weight).double(), hessian.double()
+                        errors[f"{ctx.prefix}.{name}"] = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
+                        held[linear] = weight
+                        linear.weight.data = new
+                        out.layers[f"{ctx.prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
+                last = ctx
+            hidden = last.outputs()  # the final hidden states (computed once, by the pipeline's propagation)
+    finally:
+        restore()
+    originals = {name: linear.weight.detach() for name, linear in adapter.prunable_linears(model).items()}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = head is not None and getattr(model.config, "tie_word_embeddings", False)
-    if config.head and config.head_bits == 4 and tied and head.weight.shape[1] % config.block_size == 0:
-        # The tied LM head, GPTQ'd on the final hidden states of the quantised model; the embedding lookup
-        # keeps its own round-to-nearest table (a lookup has no inputs to calibrate on).
+    norm = getattr(model.get_decoder(), "norm", None) if hasattr(model, "get_decoder") else None
+    if config.head and config.head_bits == 4 and tied and head.weight.shape[1] % config.block_size == 0 and isinstance(norm, torch.nn.Module):
+        # The tied LM head, GPTQ'd on the final hidden states of the quantised model (it reads norm(last block's
+        # output), which the loop above computed); the embedding lookup shares the table. A decoder whose final norm
+        # is not `norm` keeps round-to-nearest head codes.
         h = Hessian(head.in_features)
-        norm = getattr(model.get_decoder(), "norm", None) if hasattr(model, "get_decoder") else None
-        if isinstance(norm, torch.nn.Module):  # the head reads norm(last block's output): the loop above already ran the blocks
-            with torch.no_grad():
-                for k in range(0, hidden.shape[0], 8):
-                    h.add(norm(hidden[k:k + 8]))
-        else:
-            hook = head.register_forward_hook(lambda _m, inputs, _o: h.add(inputs[0]))
-            try:
-                with torch.no_grad():
-                    for k in range(0, ids.shape[0], 8):
-                        model(ids[k:k + 8])
-            finally:
-                hook.remove()
+        with torch.no_grad():
+            for k in range(0, hidden.shape[0], 8):
+                h.add(norm(hidden[k:k + 8]))
         _, grid = gptq_int4(head.weight.data.float(), h.value, config.block_size, config.act_order, config.damp)
         out.head = _packed(grid, config.block_size)
     budget = config.eight_bit_budget * sum(w.numel() for w in originals.values())
