@@ -48,3 +48,18 @@ def test_minilm_prune_keeps_embeddings_close(tmp_path):
     result = edgeprune.evaluate(str(out))
     assert result.embedding_cosine > 0.8
     assert (out / "modules.json").exists() and (out / "1_Pooling" / "config.json").exists()
+
+
+def test_minilm_streamed_prune_equals_the_whole_model_prune(tmp_path):
+    """The real bundled encoder (one old-format safetensors file with a stale position_ids buffer), pruned block by
+    block, gives the tensors of the whole-model prune, bit for bit, and no stale extras."""
+    from safetensors.torch import load_file
+
+    from edgeprune.data import CalibConfig
+    from edgeprune.pruning import PruneConfig, prune
+
+    for stream in ("on", "off"):
+        prune("minilm-l6", tmp_path / stream, PruneConfig(method="wanda", sparsity="2:4", calib=CalibConfig("pydoc", 8, 128), stream=stream))
+    on, off = ({k: v for f in sorted((tmp_path / s).glob("*.safetensors")) for k, v in load_file(f).items()} for s in ("on", "off"))
+    assert set(on) == set(off)
+    assert all(torch.equal(on[k], off[k]) for k in on)

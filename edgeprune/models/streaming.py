@@ -184,8 +184,11 @@ class StreamedModel:
             yield
         finally:
             for name in self._stem_names():
-                module_name, _, _ = name.rpartition(".")
-                release(self.model.get_submodule(module_name) if module_name else self.model)
+                module_name, _, attr = name.rpartition(".")
+                module = self.model.get_submodule(module_name) if module_name else self.model
+                p = module._parameters.get(attr)
+                if p is not None and p.device.type != "meta":
+                    module._parameters[attr] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad)
 
     @contextlib.contextmanager
     def block(self, index: int, block: nn.Module):
@@ -254,7 +257,10 @@ class StreamedModel:
 
     def finish(self) -> None:
         """Copy every tensor the blocks did not write (embeddings, norms, head) and write the shard index."""
-        rest = [n for n in self.checkpoint.files if n not in self.written]
+        # what the model itself holds (an old checkpoint's stale buffers, e.g. BERT's position_ids, are left out,
+        # as save_pretrained leaves them out of a folder loaded whole)
+        wanted = {self.checkpoint.key(name, self.prefix) for name in self.model.state_dict()}
+        rest = [n for n in self.checkpoint.files if n not in self.written and n in wanted]
         if rest:
             self._write_shard(self.n_blocks, self.checkpoint.read(rest))
         from edgeprune.io import write_json
