@@ -729,7 +729,8 @@ def list_():
 
 
 def main() -> None:  # console-script entry point
-    app()
+    with _sigterm_as_interrupt():  # every command: `kill` cleans up like Ctrl-C (no half-written temporary folders)
+        app()
 
 
 if __name__ == "__main__":

@@ -202,3 +202,25 @@ def test_auto_streams_a_safetensors_model_larger_than_half_the_free_memory(tiny_
     prune(str(tiny_llama_dir), tmp_path / "o", PruneConfig(method="wanda", calib=CALIB))
     meta = json.loads((tmp_path / "o" / "edgeprune.json").read_text())
     assert meta["streamed"] is True
+
+
+def test_an_interrupted_stream_says_it_resumes(tiny_tokenizer, tmp_path, monkeypatch):
+    """Ctrl-C (or `kill`, which the CLI turns into the same) mid-run: exit 130, the partial folder kept, resumable."""
+    import safetensors.torch
+
+    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3), tiny_tokenizer, tmp_path / "src")
+    real_save = safetensors.torch.save_file
+
+    def interrupted(tensors, path, metadata=None):
+        if any(name.startswith("model.layers.1.") for name in tensors):
+            raise KeyboardInterrupt
+        real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    args = ["prune", str(src), "--out", str(tmp_path / "out"), "--method", "wanda", "--samples", "4", "--seqlen", "64", "--stream", "on"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "run the same command again: it resumes" in result.output
+    assert not (tmp_path / "out").exists() and (tmp_path / ".out.partial" / "model-00001-of-00004.safetensors").is_file()
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    assert CliRunner().invoke(app, args).exit_code == 0 and not (tmp_path / ".out.partial").exists()

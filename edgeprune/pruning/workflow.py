@@ -201,6 +201,11 @@ def _prune_streamed(model, out, config: PruneConfig, overwrite, progress, spec, 
     except OSError as exc:
         raise EdgepruneError(f"writing '{out}' failed: {exc.strerror or exc} (the blocks written so far are kept in "
                              f"{partial.name})", "free disk space, then run the same command again: it resumes") from None
+    except KeyboardInterrupt:
+        stopped = EdgepruneError(f"interrupted; '{out}' was not written, the blocks finished so far are kept in "
+                                 f"{partial.name}", "run the same command again: it resumes")
+        stopped.exit_code = 130
+        raise stopped from None
     return report
 
 
