@@ -134,12 +134,17 @@ def run_stage(name: str, command: str, interval: float = 0.05) -> dict:
     proc = subprocess.Popen(args)
     ps = psutil.Process(proc.pid)
     peak = 0
+    trace: list[tuple[float, float]] = []  # (seconds, GiB) about once a second: which phase of a stage holds the memory
     done = threading.Event()
 
     def sample():
         nonlocal peak
         while not done.is_set():
-            peak = max(peak, _tree_rss(ps))
+            rss = _tree_rss(ps)
+            peak = max(peak, rss)
+            now = time.perf_counter() - start
+            if not trace or now - trace[-1][0] >= 1.0:
+                trace.append((round(now, 1), round(rss / 2**30, 3)))
             time.sleep(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -152,6 +157,7 @@ def run_stage(name: str, command: str, interval: float = 0.05) -> dict:
     row = {"stage": name, "command": command, "exit": rc, "seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 3),
            "output": out, "output_gib": None if size is None else round(size / 2**30, 3)}
     print(json.dumps(row), flush=True)
+    row["rss_trace"] = trace
     return row
 
 
