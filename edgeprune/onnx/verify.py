@@ -77,7 +77,7 @@ def _kv_pairs(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def verify_decoder(model, tokenizer, onnx_path: Path, new_tokens: int, atol: float) -> VerifyReport:
     report = VerifyReport(atol=atol)
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
-    decoder = OrtDecoder(session(onnx_path))
+    decoder = OrtDecoder(session(onnx_path, prepack=False))  # beside the PyTorch model: no second copy of the weights
 
     # Prefill, then one decode step: every output of the merged graph against torch.
     ref = model(input_ids=ids, use_cache=True)
@@ -103,7 +103,7 @@ def verify_encoder(model, tokenizer, onnx_path: Path, atol: float, pooling: bool
     from edgeprune.evaluation.metrics import sentence_embeddings
 
     report = VerifyReport(atol=atol)
-    sess = session(onnx_path)
+    sess = session(onnx_path, prepack=False)
     names = {i.name for i in sess.get_inputs()}
     enc = tokenizer(SENTENCES, padding=True, truncation=True, max_length=128, return_tensors="pt")
     feeds = {k: v.numpy() for k, v in enc.items() if k in names}
