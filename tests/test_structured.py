@@ -378,6 +378,26 @@ def test_speedup_target_is_a_latency_budget_against_the_measured_dense_model(tin
     assert report.target == {"speedup": 1.1, "device": str(device)}
 
 
+def test_latency_model_from_noisy_times_never_predicts_a_negative_cost():
+    """On a tiny model the real graphs' times are mostly noise: a cut that looks cheaper than its share of the dense
+    model, or a narrowed cut that looks far cheaper than the MatMul chains explain, must not give a negative base or
+    block cost (the fit workflow once predicted -0.014 ms for a pruned encoder)."""
+    from edgeprune.structured.latency import fit_cost
+
+    spaces, _, _ = _toy_space(blocks=2)
+    units = [_units(num_heads=6, num_kv_heads=2, channels=64)] * 2
+    attn, widths, mlp = {2: 0.01, 4: 0.02, 6: 0.03}, (8, 32, 64), (0.01, 0.04, 0.08)
+    for dense, cut, narrow in ((0.30, 0.10, 0.09), (0.30, 0.29, 0.01), (0.30, 0.31, 0.30), (0.30, 0.16, 0.001)):
+        cost = fit_cost(spaces, units, attn, widths, mlp, dense, cut, narrow, few=1)
+        assert cost.base_ms >= 0 and cost.block_ms >= -1e-12 and cost.scale >= 0
+        assert cost(dense_arch(spaces)) == pytest.approx(dense)  # the model still reproduces what it was fitted on
+        assert 0 < cost(((1, 8), (1, 8))) <= dense
+    sane = fit_cost(spaces, units, attn, widths, mlp, dense=1.0, cut=0.6, narrow=0.5, few=1)  # clean times: no clamp
+    # chain saving of narrowing a block: heads 6 → 2 (0.02 ms) + channels 64 → 16 (0.08 - 0.02 ms); real saving 0.1 ms
+    assert sane.base_ms == pytest.approx(0.2) and sane.scale == pytest.approx(0.1 / 0.08)
+    assert sane.block_ms == pytest.approx(0.4 - 1.25 * (0.03 + 0.08))
+
+
 def test_a_config_needs_a_target():
     with pytest.raises(EdgepruneError, match="no target"):
         StructuredConfig(target_params=None)

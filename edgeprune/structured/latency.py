@@ -193,21 +193,33 @@ def latency_cost(loaded, spaces: Sequence[Space], device, progress: Callable[[st
     dense, narrow, *cut = [statistics.median(t) for t in measure_rounds(loaded, device, threads, models, scheme, rounds)]
     cut = cut[0] if cut else dense
     tick(total)
+    cost = fit_cost(spaces, units, attn, widths, mlp, dense, cut, narrow, few)
+    info = {"device": device.name, "scheme": scheme, "threads": threads, "tokens": tokens, "rounds": rounds, "measured_dense_ms": round(dense, 3),
+            f"measured_first_{few}_blocks_ms": round(cut, 3), f"measured_first_{few}_blocks_narrowed_ms": round(narrow, 3),
+            "matmul_scale": round(cost.scale, 3), "block_fixed_ms": round(cost.block_ms, 4),
+            "dense_blocks_matmul_ms": round(dense - cost.base_ms - len(blocks) * cost.block_ms, 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
+            "mlp_ms_per_block": {str(w): round(t, 4) for w, t in zip(widths, mlp)}}
+    return cost, info
+
+
+def fit_cost(spaces: Sequence[Space], units: Sequence, attn: dict[int, float], widths: Sequence[int], mlp: Sequence[float],
+             dense: float, cut: float, narrow: float, few: int) -> LatencyCost:
+    """The latency model from the MatMul-chain times (``attn`` by heads, ``mlp`` at ``widths``; ms per block) and the
+    three real graphs' times: ``dense``, its first ``few`` blocks (``cut``) and those narrowed (``narrow``)."""
+    n = len(units)
     widths_ms = [attn[u.num_heads] + float(np.interp(u.channels, widths, mlp)) for u in units]
     first = units[: max(few, 1)]
     chain_saving = sum(attn[u.num_heads] - attn[u.num_kv_heads if u.group_size > 1 else 1]
                        + float(np.interp(u.channels, widths, mlp) - np.interp(max(1, u.channels // 4), widths, mlp)) for u in first)
     real_saving = (cut if n > 1 else dense) - narrow
     scale = max(real_saving / chain_saving, 0.0) if chain_saving > 0 else 1.0
-    per_block = (dense - cut) / (n - few) if n > few else dense / n
+    # Noise on a small model can make the cut look cheaper than its share of the dense model: a block then costs no
+    # more than the dense model per block (so the base is never negative) and never less than nothing.
+    per_block = min(max((dense - cut) / (n - few), 0.0), dense / n) if n > few else dense / n
+    # ... and its MatMuls, scaled, no more than the whole block: no part of a block is predicted to cost less than nothing.
+    scale = min(scale, per_block * n / sum(widths_ms)) if sum(widths_ms) > 0 else scale
     block_ms = per_block - scale * sum(widths_ms) / n
-    cost = LatencyCost(tuple(spaces), dense - n * per_block, block_ms, scale, attn, tuple(widths), tuple(mlp))
-    info = {"device": device.name, "scheme": scheme, "threads": threads, "tokens": tokens, "rounds": rounds, "measured_dense_ms": round(dense, 3),
-            f"measured_first_{few}_blocks_ms": round(cut, 3), f"measured_first_{few}_blocks_narrowed_ms": round(narrow, 3),
-            "matmul_scale": round(scale, 3), "block_fixed_ms": round(block_ms, 4),
-            "dense_blocks_matmul_ms": round(scale * sum(widths_ms), 3), "attn_ms_per_block": {str(k): round(v, 4) for k, v in attn.items()},
-            "mlp_ms_per_block": {str(w): round(t, 4) for w, t in zip(widths, mlp)}}
-    return cost, info
+    return LatencyCost(tuple(spaces), dense - n * per_block, block_ms, scale, attn, tuple(widths), tuple(mlp))
 
 
 def cost_to_dict(cost: LatencyCost) -> dict:
