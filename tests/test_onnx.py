@@ -293,6 +293,24 @@ def test_lost_zeros_and_broken_nm_are_errors(pruned_llama_dir, pruned_llama_onnx
         _check(report, ExportConfig())
 
 
+def test_large_models_export_in_a_child_process_and_its_failure_is_one_line(tiny_llama_dir, tmp_path, monkeypatch):
+    """Above LARGE_MODEL_BYTES optimum runs in a spawned child (its memory goes back when it ends): the graph is the
+    same, verified as usual, and a failure in the child reaches the user as one line."""
+    import edgeprune.onnx.workflow as workflow
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("optimum ran in the exporting process")
+
+    monkeypatch.setattr(workflow, "LARGE_MODEL_BYTES", 0)
+    monkeypatch.setattr(workflow, "_run_optimum", not_here)  # the spawned child imports its own, untouched
+    report = export(str(tiny_llama_dir), tmp_path / "onnx")
+    assert report.verify.tokens_identical and report.fused.attention == "GroupQueryAttention"
+    assert report.sparsity is not None and (tmp_path / "onnx" / "model.onnx").is_file()
+    with pytest.raises(EdgepruneError) as err:
+        workflow._run_optimum_apart(tmp_path / "no-such-folder", tmp_path / "out", "text-generation-with-past", None, True)
+    assert str(err.value).startswith("ONNX export failed") and "\n" not in str(err.value)
+
+
 def test_failed_verification_writes_nothing(tiny_llama_dir, tmp_path, monkeypatch):
     import edgeprune.onnx.verify as verify
 

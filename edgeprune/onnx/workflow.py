@@ -106,6 +106,48 @@ def _run_optimum(main_export, folder: Path, out: Path, task: str, opset: int | N
             logging.getLogger(name).setLevel(level)
 
 
+
+def _optimum_child(folder: str, out: str, task: str, opset: int | None, large: bool, conn) -> None:
+    """The child process of :func:`_run_optimum_apart`: sends back None, or the error's (problem, fix)."""
+    try:
+        _run_optimum(_require_onnx_stack(), Path(folder), Path(out), task, opset, large)
+        conn.send(None)
+    except EdgepruneError as exc:
+        conn.send((exc.problem, exc.fix))
+    except KeyboardInterrupt:
+        conn.send(("interrupted", None))
+    finally:
+        conn.close()
+
+
+def _run_optimum_apart(folder: Path, out: Path, task: str, opset: int | None, large: bool) -> None:
+    """optimum's export in a child process (spawned: a fresh interpreter), for large models: optimum holds its own
+    model and the whole graph it writes (a 1B model: ~11 GB), and the allocator keeps most of that after it returns,
+    so in-process the fusion and verification that follow started from there (16 GB peak). A child gives it all back."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_optimum_child, args=(str(folder), str(out), task, opset, large, send), name="edgeprune-optimum")
+    child.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:  # the child died without a word (killed, out of memory)
+        result = ("", None)
+    except BaseException:  # Ctrl-C / SIGTERM here: the child must not go on writing into a folder being removed
+        child.terminate()
+        raise
+    finally:
+        child.join()
+    if result is None and child.exitcode == 0:
+        return
+    problem, fix = result or ("", None)
+    if not problem:
+        problem, fix = (f"ONNX export failed: optimum's process ended with exit code {child.exitcode}",
+                        "if it was killed for memory (exit code -9), free memory or use a machine with more")
+    raise EdgepruneError(problem, fix)
+
 def _check_quantized(q: QuantReport) -> None:
     """Pruned zeros lost, or N:M broken, by quantisation: a one-line error (the output is then not written)."""
     if q.lost:
@@ -273,7 +315,10 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             # optimum loads its own copy: ours goes while it traces (for a 1B model, 5 GB less at the peak)
             loaded.model = None
             gc.collect()
-            _run_optimum(main_export, folder, tmp, task, config.opset, large)
+            if large:
+                _run_optimum_apart(folder, tmp, task, config.opset, large)
+            else:
+                _run_optimum(main_export, folder, tmp, task, config.opset, large)
         loaded = load_model(model_spec, device="cpu", dtype=torch.float32)
         onnx_path = tmp / ONNX_FILE
         if not onnx_path.is_file():
