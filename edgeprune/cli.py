@@ -659,6 +659,8 @@ def fit(
     measure_all: bool = typer.Option(False, help="measure every candidate (to check the predictions and the proxy's choice)"),
     threads: Optional[int] = typer.Option(None, help="threads to measure with (default: the profile's, else every core)"),
     rounds: int = typer.Option(3, help="profile rounds in alternating order; timings are medians, relative to dense int4 in the same rounds"),
+    side_by_side: int = typer.Option(16, help="turns per graph when candidates are timed beside dense int4 in one process "
+                                              "(decode / encoder latency as the median per-turn ratio; 0: off)"),
     text: str = typer.Option("pydoc", help="held-out text for quality: pydoc (its held-out split) or a .txt/.jsonl file"),
     eval_windows: Optional[int] = typer.Option(None, help="windows of --text for the final quality (default: all)"),
     local: bool = typer.Option(False, "--local", help="measure on this host even when the profile names a remote device"),
@@ -676,7 +678,7 @@ def fit(
                                 ("memory_mb", max_memory_mb), ("size_mb", max_size_mb))}
     budget = Budget(**{k: v for k, (v, _) in limits.items()}, relative=tuple(k for k, (_, rel) in limits.items() if rel))
     config = FitConfig(budget=budget, keeps=tuple(_number_list(keep, "keep", float)), schemes=tuple(s.strip() for s in schemes.split(",") if s.strip()),
-                       drop_blocks=drops[drop_blocks], shortlist=shortlist, measure_all=measure_all, threads=threads, rounds=rounds, text=text,
+                       drop_blocks=drops[drop_blocks], shortlist=shortlist, measure_all=measure_all, threads=threads, rounds=rounds, side_by_side=side_by_side, text=text,
                        eval_windows=eval_windows, where="local" if local else "device")
     try:
         with _sigterm_as_interrupt():

@@ -338,6 +338,8 @@ def _field_default(cls, path: str):
     ("profile", "edgeprune.profiling:ProfileConfig", {"backend": "backend", "strict": "strict", "warmup": "warmup",
                                                       "runs": "runs", "decode_tokens": "workload.decode_tokens",
                                                       "op_profile": "workload.op_profile"}),
+    ("fit", "edgeprune.fit:FitConfig", {"shortlist": "shortlist", "measure_all": "measure_all", "threads": "threads",
+                                        "rounds": "rounds", "side_by_side": "side_by_side", "eval_windows": "eval_windows"}),
 ])
 def test_cli_defaults_are_the_config_defaults(command, config, names):
     """One setting, one default: each CLI option that sets a config field starts from that field's default."""

@@ -4,6 +4,7 @@ model (CLI included)."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 from typer.testing import CliRunner
@@ -151,9 +152,17 @@ def test_profile_rounds_combine_as_medians_and_timings_as_ratios_to_the_referenc
     assert paired["figures"]["decode_ms"] == pytest.approx(0.6 * 10.5) and paired["figures"]["ttft_ms"] == pytest.approx(0.6 * 21.0)
     assert paired["figures"]["memory_mb"] == 200  # not a timing: its own median
     assert paired["rounds"][1]["decode_ms"] == 12 and paired["reference_rounds"][1]["decode_ms"] == 20
+    # timed side by side in one process: the median per-turn ratio sets the timing it covers; the rest keep the rounds
+    side = combine_rounds([run(6, 200), run(12, 200), run(6.6, 200)], [run(10, 300), run(20, 300), run(11, 300)],
+                          {"decode_ms": 10.5, "ttft_ms": 21.0}, {"decode_ms": ([5.0, 9.0, 5.6, 5.2], [10.0, 10.0, 11.0, 10.0])})
+    assert side["figures"]["decode_ms"] == pytest.approx((0.52 + 0.5090909) / 2 * 10.5)  # median of 0.5, 0.9, 0.509, 0.52
+    assert side["figures"]["ttft_ms"] == pytest.approx(0.6 * 21.0)
+    assert side["side_by_side"]["decode_ms"]["turns"][1] == 9.0 and paired["side_by_side"] is None
     assert combine_rounds([run(6, 200), run(0, 0, ok=False)])["ok"] is False  # one failed round fails the candidate
     with pytest.raises(EdgepruneError, match="rounds"):
         FitConfig(rounds=0)
+    with pytest.raises(EdgepruneError, match="side_by_side"):
+        FitConfig(side_by_side=-1)
 
 
 def test_shortlist_takes_the_predicted_front_near_the_budget_and_skips_what_cannot_beat_the_choice():
@@ -204,7 +213,7 @@ TINY = FitConfig(
     keeps=(0.5,), schemes=("int4",), drop_blocks=(False,), seqlen=32, proxy_windows=2, eval_windows=4,
     structured=StructuredConfig(calib=CalibConfig(samples=4, seqlen=32), search_samples=2, search_seqlen=32, population=4, generations=2),
     quantize=QuantizeConfig(calib=CalibConfig(samples=4, seqlen=32)),
-    workload=Workload(prompt_lengths=(16,), decode_tokens=4, op_profile=False), rounds=2,
+    workload=Workload(prompt_lengths=(16,), decode_tokens=4, op_profile=False), rounds=2, side_by_side=4,
 )
 
 
@@ -266,8 +275,13 @@ def test_fit_end_to_end_caches_resumes_and_fails_loudly(gqa_dir, tiny_device, tm
     stored = json.loads((out / "cache" / "profile-tiny-host-keep50-int4-h4" / "meta.json").read_text())["result"]
     assert len(stored["rounds"]) == 2 and len(stored["reference_rounds"]) == 2
     reference = report.entry("dense-int4-h4").measured["decode_ms"]
-    ratios = [r["decode_ms"] / ref["decode_ms"] for r, ref in zip(stored["rounds"], stored["reference_rounds"])]
-    assert pruned.measured["decode_ms"] == pytest.approx(sum(ratios) / 2 * reference)  # the median of two is their mean
+    ttft = [r["ttft_ms"] / ref["ttft_ms"] for r, ref in zip(stored["rounds"], stored["reference_rounds"])]
+    assert pruned.measured["ttft_ms"] == pytest.approx(sum(ttft) / 2 * report.entry("dense-int4-h4").measured["ttft_ms"])  # median of two
+    # decode: timed beside the reference in one process, side_by_side turns each; the median per-turn ratio
+    side = stored["side_by_side"]["decode_ms"]
+    assert len(side["turns"]) == len(side["reference_turns"]) == TINY.side_by_side
+    assert pruned.measured["decode_ms"] == pytest.approx(
+        statistics.median(m / r for m, r in zip(side["turns"], side["reference_turns"])) * reference)
 
     # a re-run with another budget measures nothing again; the choice follows the new budget
     fastest = min(report.entries, key=lambda e: e.measured["decode_ms"])

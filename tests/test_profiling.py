@@ -377,3 +377,18 @@ def test_cli_errors_are_one_line(tmp_path, tiny_onnx, fast_toml):
     (tmp_path / "o").mkdir()
     assert "already exists" in _error_line(runner.invoke(app, base + ["--device", str(fast_toml)]))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o.")]
+
+
+def test_graphs_timed_side_by_side_in_one_process(tiny_onnx):
+    """``interleaved``: each graph gets its turns in one child process, order alternating; decoders report ms/token per
+    turn, encoders ms/call; a decoder cannot be paired with an encoder (one line, not a traceback)."""
+    from edgeprune.profiling.workflow import interleaved
+
+    llama, bert = tiny_onnx
+    ms = interleaved([llama, llama], FAST, prompt=8, decode_tokens=3, sequences=4)
+    assert len(ms) == 2 and all(len(turns) == 4 and all(t > 0 for t in turns) for turns in ms)
+    (enc,) = interleaved([bert], FAST, seq_len=8, sequences=3, runs=2)
+    assert len(enc) == 3 and all(t > 0 for t in enc)
+    with pytest.raises(EdgepruneError, match="could not be timed side by side.*all be decoders or all be encoders") as err:
+        interleaved([llama, bert], FAST, sequences=1)
+    assert "\n" not in str(err.value)

@@ -332,13 +332,34 @@ def test_latency_budget_is_measured_on_the_device(gqa_llama_dir, tmp_path):
     no_leftovers(tmp_path, "none")
 
 
+def test_latency_model_graphs_are_timed_side_by_side_here(gqa_llama_dir, monkeypatch):
+    """On this host the three real graphs are exported and timed in one process, SIDE_BY_SIDE_TURNS turns each."""
+    import edgeprune.profiling.workflow as workflow
+    from edgeprune.models.loading import load_model
+    from edgeprune.structured.latency import SIDE_BY_SIDE_TURNS, _cut, measure_rounds
+
+    calls = []
+
+    def fake_interleaved(graphs, device, threads, **kw):
+        calls.append((graphs, kw))
+        assert all((g / "model.onnx").is_file() for g in graphs)  # real exports, alive while timed
+        return [[float(i + 1)] * kw["sequences"] for i in range(len(graphs))]
+
+    monkeypatch.setattr(workflow, "interleaved", fake_interleaved)
+    loaded = load_model(str(gqa_llama_dir))
+    got = measure_rounds(loaded, "this-host", 1, [None, _cut(loaded, 1, narrow=True), _cut(loaded, 1, narrow=False)], rounds=3)
+    assert len(calls) == 1 and len(calls[0][0]) == 3 and calls[0][1]["sequences"] == SIDE_BY_SIDE_TURNS
+    assert got == [[1.0] * SIDE_BY_SIDE_TURNS, [2.0] * SIDE_BY_SIDE_TURNS, [3.0] * SIDE_BY_SIDE_TURNS]
+
+
 def test_latency_model_graphs_are_measured_together_in_alternating_rounds(gqa_llama_dir, monkeypatch, tmp_path):
-    """dense, narrowed cut and cut are profiled in one call per round, the order reversed every other round, and each
-    figure's median over its rounds ignores a slow round."""
+    """On a remote device, dense, narrowed cut and cut are profiled in one call per round, the order reversed every other
+    round, and each figure's median over its rounds ignores a slow round."""
     from types import SimpleNamespace
 
     import edgeprune.profiling as profiling
     from edgeprune.models.loading import load_model
+    from edgeprune.profiling.devices import DeviceProfile
     from edgeprune.structured.latency import _cut, measure_rounds
 
     base = {"g0": 10.0, "g1": 4.0, "g2": 6.0}
@@ -354,7 +375,8 @@ def test_latency_model_graphs_are_measured_together_in_alternating_rounds(gqa_ll
 
     monkeypatch.setattr(profiling, "profile", fake_profile)
     loaded = load_model(str(gqa_llama_dir))
-    got = measure_rounds(loaded, "this-host", 1, [None, _cut(loaded, 1, narrow=True), _cut(loaded, 1, narrow=False)], rounds=3)
+    device = DeviceProfile(name="phone", remote="ssh://user@phone")
+    got = measure_rounds(loaded, device, 1, [None, _cut(loaded, 1, narrow=True), _cut(loaded, 1, narrow=False)], rounds=3)
     assert orders == [["g0", "g1", "g2"], ["g2", "g1", "g0"], ["g0", "g1", "g2"]]
     assert got == [pytest.approx([b * s + r * 0.01 for r, s in enumerate(slow)]) for b in base.values()]  # each round, per graph
     import statistics

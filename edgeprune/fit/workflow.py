@@ -61,6 +61,7 @@ class FitConfig:
     workload: Workload = Workload(prompt_lengths=(128,), decode_tokens=32, op_profile=False)
     where: str = "device"  # device | local, as `profile`
     rounds: int = 3  # profile rounds, order alternating; timings are medians, pruned ones as ratios to the reference in the same rounds
+    side_by_side: int = 16  # turns per graph when candidates are timed beside the reference in one process (0: off)
     cache: str | None = None  # the stage cache (default OUT/cache); another fit's cache is reused where stages match
 
     def __post_init__(self):
@@ -72,6 +73,8 @@ class FitConfig:
             raise EdgepruneError(f"proxy_windows {self.proxy_windows} must be 1 or more", "pass e.g. proxy_windows = 4")
         if self.rounds < 1:
             raise EdgepruneError(f"rounds {self.rounds} must be 1 or more", "pass e.g. --rounds 3")
+        if self.side_by_side < 0:
+            raise EdgepruneError(f"side_by_side {self.side_by_side} must be 0 or more", "pass e.g. side_by_side = 16")
         if self.where not in ("device", "local"):
             raise EdgepruneError(f"where '{self.where}' is unknown", "use device or local")
 
@@ -257,9 +260,12 @@ REFERENCE = "reference"  # the dense int4 graph, profiled again alongside later 
 TIMINGS = ("decode_ms", "ttft_ms", "latency_ms")
 
 
-def combine_rounds(rounds: list[dict], reference: list[dict] | None = None, reference_figures: dict | None = None) -> dict:
+def combine_rounds(rounds: list[dict], reference: list[dict] | None = None, reference_figures: dict | None = None,
+                   side_by_side: dict[str, tuple[list[float], list[float]]] | None = None) -> dict:
     """One candidate's profile rounds as one result: each figure's median, and with a reference profiled in the same
-    rounds, each timing as the median per-round ratio to it × the reference's own figure. Any failed round fails it."""
+    rounds, each timing as the median per-round ratio to it × the reference's own figure. ``side_by_side``: timing →
+    (the candidate's turns, the reference's turns) timed in one process (:func:`~edgeprune.profiling.workflow.interleaved`);
+    such a timing is the median per-turn ratio × the reference's figure instead. Any failed round fails it."""
     import statistics
 
     failed = next((r for r in rounds if not r["ok"]), None)
@@ -273,13 +279,17 @@ def combine_rounds(rounds: list[dict], reference: list[dict] | None = None, refe
             continue
         paired = reference is not None and reference_figures and reference_figures.get(key) and key in TIMINGS and all(
             r["ok"] and r["figures"].get(key) for r in reference)
-        if paired:
+        if paired and side_by_side and key in side_by_side:
+            mine, theirs = side_by_side[key]
+            figures[key] = statistics.median(m / t for m, t in zip(mine, theirs)) * reference_figures[key]
+        elif paired:
             ratio = statistics.median(v / r["figures"][key] for v, r in zip(values, reference))
             figures[key] = ratio * reference_figures[key]
         else:
             figures[key] = statistics.median(values)
     return {"figures": figures, "ok": True, "reason": None, "rounds": [r["figures"] for r in rounds],
-            "reference_rounds": [r["figures"] for r in reference] if reference else None}
+            "reference_rounds": [r["figures"] for r in reference] if reference else None,
+            "side_by_side": {k: {"turns": list(m), "reference_turns": list(t)} for k, (m, t) in (side_by_side or {}).items()} or None}
 
 
 class _Fit:
@@ -371,7 +381,8 @@ class _Fit:
         depends = {}
         for e in entries:
             self.quantized(e.candidate)
-            depends[e.candidate.key] = {"graph": self.cache.key(f"quant-{e.candidate.key}"), "rounds": self.config.rounds} | self.source
+            depends[e.candidate.key] = {"graph": self.cache.key(f"quant-{e.candidate.key}"), "rounds": self.config.rounds,
+                                        "side_by_side": self.config.side_by_side} | self.source
             if ref is not None:
                 depends[e.candidate.key]["reference"] = self.cache.key(f"profile-{self.device.name}-{ref.candidate.key}")
         todo = [e for e in entries if self.cache.read(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key]) is None]
@@ -392,8 +403,20 @@ class _Fit:
                     run = variant.runs[0]
                     rounds[key].append({"figures": _figures(variant, run, self.is_decoder) if run.ok else {}, "ok": run.ok,
                                         "reason": run.reason})
+            side: dict[str, dict] = {}
+            if ref is not None and self.config.side_by_side and (self.config.where == "local" or not self.device.remote):
+                from edgeprune.profiling.workflow import interleaved
+
+                w = self.config.workload
+                key = "decode_ms" if self.is_decoder else "latency_ms"
+                self.log(f"timing {len(todo)} candidate(s) beside {ref.candidate.label} in one process…")
+                ms = interleaved([g for _, g in graphs], self.device, self.threads, prompt=w.prompt_lengths[0],
+                                 decode_tokens=w.decode_tokens, seq_len=w.seq_lengths[0], sequences=self.config.side_by_side,
+                                 runs=self.device.runs, timeout_s=w.timeout_s)
+                side = {k: {key: (turns, ms[-1])} for (k, _), turns in zip(graphs[:-1], ms[:-1])}
             for e in todo:
-                result = combine_rounds(rounds[e.candidate.key], rounds.get(REFERENCE), ref.measured if ref is not None else None)
+                result = combine_rounds(rounds[e.candidate.key], rounds.get(REFERENCE), ref.measured if ref is not None else None,
+                                        side.get(e.candidate.key))
                 self.cache.stage(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key], lambda _tmp, result=result: result)
         for e in entries:
             measured = self.cache.read(f"profile-{self.device.name}-{e.candidate.key}", depends[e.candidate.key])

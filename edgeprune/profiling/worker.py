@@ -280,6 +280,48 @@ def run(spec: dict) -> dict:
     return result
 
 
+
+def run_interleaved(spec: dict) -> dict:
+    """Several graphs in one process, timed in turn: ``spec["sequences"]`` times, each graph runs one decode sequence
+    (``decode_tokens`` steps after a ``prompt``-token prefill) or, for encoders, ``runs`` calls at ``batch`` × ``seq``;
+    the order is reversed every other time. Per graph, the median ms/token (ms/call) of each of its turns. Graphs
+    measured side by side like this see the same machine: what a noisy host does to one turn, it does to its
+    neighbours, so their ratios hold where separate processes' absolute figures wander."""
+    import statistics
+
+    if spec["cores"]:
+        os.sched_setaffinity(0, spec["cores"])
+    _phase("load")
+    import numpy as np
+    import onnxruntime as ort
+
+    sessions = [ort.InferenceSession(g, _options(ort, spec), providers=spec["providers"]) for g in spec["graphs"]]
+    feeds = [_Feeds(np, sess, spec["vocab"], g) for sess, g in zip(sessions, spec["graphs"])]
+    _phase("run")
+    if all(f.is_decoder for f in feeds):
+        turns = [_ort_sequence(sess, f, np, spec["vocab"], spec["prompt"]) for sess, f in zip(sessions, feeds)]
+
+        def turn(i: int, index: int) -> float:
+            record: list = []
+            turns[i](index, record, spec["decode_tokens"])
+            return statistics.median(record)
+    elif not any(f.is_decoder for f in feeds):
+        inputs = [f.encoder(spec["batch"], spec["seq"]) for f in feeds]
+
+        def turn(i: int, index: int) -> float:
+            return statistics.median(_timed(lambda: sessions[i].run(None, inputs[i]), 0, spec["runs"], 0.0))
+    else:
+        raise ValueError("interleaved graphs must all be decoders or all be encoders")
+    for i in range(len(sessions)):  # warm-up: one turn each, untimed
+        turn(i, 0)
+    ms: list = [[] for _ in sessions]
+    for index in range(spec["sequences"]):
+        order = range(len(sessions)) if index % 2 == 0 else reversed(range(len(sessions)))
+        for i in order:
+            ms[i].append(turn(i, index + 1))
+    _phase("done")
+    return {"pid": os.getpid(), "ms": ms, "decoder": feeds[0].is_decoder}
+
 class _Generator:
     """A decoder folder in ORT GenAI: og.Model with the spec's session options laid over its genai_config.json, and
     greedy sequences of a fixed length (min_length = max_length, so an end-of-text token does not stop one early)."""
@@ -653,7 +695,7 @@ def main(argv: list) -> int:
     with open(argv[0]) as f:
         spec = json.load(f)
     _die_with_parent(spec.get("parent_pid"))
-    _write(spec["result"], run(spec))
+    _write(spec["result"], run_interleaved(spec) if spec.get("graphs") else run(spec))
     return 0
 
 

@@ -470,6 +470,41 @@ def profile(
     return report
 
 
+
+def interleaved(onnx_dirs: Sequence[str | Path], device: DeviceProfile | str | Path, threads: int | None = None,
+                prompt: int = 128, decode_tokens: int = 32, seq_len: int = 128, sequences: int = 16, runs: int = 10,
+                timeout_s: float = 1800.0) -> list[list[float]]:
+    """Time several graphs side by side in one process on this host, under ``device``'s settings: ``sequences`` turns
+    each, in alternating order; a decoder's turn is one ``decode_tokens``-step sequence after a ``prompt``-token
+    prefill, an encoder's ``runs`` calls at 1 × ``seq_len``. Per graph, the median ms/token (ms/call) of each turn.
+
+    For comparing graphs on a noisy host: per-turn ratios between neighbours cancel what the host does on the scale of
+    seconds, which separate processes (:func:`profile`, seconds to minutes apart) cannot. Memory is not measured here
+    (the graphs share the process): use :func:`profile` for that."""
+    import tempfile
+
+    from edgeprune.profiling.runner import LOCAL_COMMAND
+    from edgeprune.profiling.worker import host_info, measure
+
+    _require_ort()
+    if not isinstance(device, DeviceProfile):
+        device = load_device(device)
+    variants = _variants(onnx_dirs)
+    notes: list[str] = []
+    machine = host_info()
+    cores = _cores(device, machine["usable_cores"], notes)
+    spec = {"graphs": [str(v.graph) for v in variants], "threads": threads or device.intra_op_threads or len(cores or machine["usable_cores"]),
+            "cores": cores, "providers": _providers(device, machine["providers"], notes), "graph_optimization": device.graph_optimization,
+            "cpu_mem_arena": device.cpu_mem_arena, "mem_pattern": device.mem_pattern, "vocab": min(v.vocab for v in variants),
+            "prompt": prompt, "decode_tokens": decode_tokens, "batch": 1, "seq": seq_len, "sequences": sequences, "runs": runs}
+    with tempfile.TemporaryDirectory(prefix="edgeprune-interleaved-") as tmp:
+        outcome = measure(spec, LOCAL_COMMAND, tmp, None, timeout_s)  # several sessions: not what the device holds
+    if outcome["result"] is None:
+        why = outcome["killed_reason"] or outcome["stderr_tail"] or f"exit code {outcome['returncode']}"
+        raise EdgepruneError(f"the graphs could not be timed side by side on '{device.name}': {why}",
+                             "choose a device profile they fit, or measure them one by one with edgeprune profile")
+    return outcome["result"]["ms"]
+
 def _jobs(variants: list[_Variant], device: DeviceProfile, threads: Sequence[int] | None, strict: bool, workload: Workload,
           machine: dict, notes: list[str], suffix: str, on: str = "", graph_of: Callable[[_Variant], str] | None = None) -> list:
     """Every measurement to take on one machine (``machine``: its host info), in order: variant × threads × repeat."""

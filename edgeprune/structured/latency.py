@@ -105,13 +105,22 @@ def _chain_ms(hidden: int, widths: list[tuple[int, int]], tokens: int, threads: 
     return statistics.median(times)
 
 
+#: turns per graph when the real graphs are timed side by side in one process (at least ``rounds``)
+SIDE_BY_SIDE_TURNS = 12
+
+
 def measure_rounds(loaded, device, threads: int, models: Sequence, scheme: str = "none", rounds: int = 3) -> list[list[float]]:
     """Export each model (None: ``loaded`` itself; else a changed copy), quantise it as ``scheme`` (round to nearest: latency
-    does not depend on how the codes were chosen) and measure them together on ``device``, ``rounds`` times in alternating
-    order: per model, its decode p50 ms/token (encoders: one call) in each round."""
+    does not depend on how the codes were chosen) and measure them together on ``device``: on this host side by side in
+    one process (:func:`~edgeprune.profiling.workflow.interleaved`, max(``rounds``, SIDE_BY_SIDE_TURNS) turns each, order
+    alternating), on a remote device ``rounds`` profile runs in alternating order. Per model, its decode ms/token
+    (encoders: ms per call) in each turn or round."""
     from edgeprune.onnx import ExportConfig, QuantizeConfig, export, quantize
-    from edgeprune.profiling import Workload, profile
+    from edgeprune.profiling import Workload, load_device, profile
+    from edgeprune.profiling.workflow import interleaved
     from edgeprune.structured.layout import save_layout_folder
+
+    device = load_device(device) if isinstance(device, (str, Path)) else device
 
     key = "decode_p50_ms@32" if loaded.is_decoder else f"latency_p50_ms@1x{ENCODER_TOKENS}"
     workload = Workload(prompt_lengths=(32,), decode_tokens=32, seq_lengths=(ENCODER_TOKENS,), op_profile=False)
@@ -128,6 +137,9 @@ def measure_rounds(loaded, device, threads: int, models: Sequence, scheme: str =
                 quantize(graph, Path(tmp) / f"q{i}", QuantizeConfig(scheme=scheme, method="rtn"), verify=False)
                 graph = Path(tmp) / f"q{i}"
             graphs.append(graph)
+        if not device.remote:
+            return interleaved(graphs, device, threads, prompt=32, decode_tokens=32, seq_len=ENCODER_TOKENS,
+                               sequences=max(rounds, SIDE_BY_SIDE_TURNS), runs=device.runs)
         times: list[list[float]] = [[] for _ in graphs]
         for r in range(rounds):
             order = list(range(len(graphs))) if r % 2 == 0 else list(reversed(range(len(graphs))))
