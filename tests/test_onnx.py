@@ -2,6 +2,7 @@
 PyTorch, pruned zeros and N:M kept on the exported weights, and one-line errors for bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -766,3 +767,34 @@ def test_external_data_graphs_quantize_evaluate_and_name_a_missing_or_cut_data_f
         with pytest.raises(EdgepruneError, match="needs external data 'model.onnx_data', which is missing"):
             call()
     assert not (tmp_path / "q").exists() and not (tmp_path / "p").exists()
+
+
+def test_int4_of_an_external_data_graph_equals_int4_of_the_same_graph_inline(tiny_llama_dir, tmp_path):
+    """The int4 rewrite reads each MatMul weight from the external data file only when it quantises it: the codes,
+    scales and graph are exactly those of the same graph with its weights inline."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import edgeprune
+
+    inline = tmp_path / "inline"
+    edgeprune.export(str(tiny_llama_dir), inline, edgeprune.ExportConfig(verify=False))
+    external = tmp_path / "external"
+    shutil.copytree(inline, external)
+    model = onnx.load(str(external / "model.onnx"))
+    onnx.save(model, str(external / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx_data", size_threshold=0)
+    assert (external / "model.onnx").stat().st_size < (external / "model.onnx_data").stat().st_size
+    config = edgeprune.QuantizeConfig(scheme="int4", method="rtn")
+    graphs = {}
+    for name, src in (("inline", inline), ("external", external)):
+        edgeprune.quantize(str(src), tmp_path / f"q-{name}", config)
+        graphs[name] = onnx.load(str(tmp_path / f"q-{name}" / "model.onnx"))
+    a, b = graphs["inline"].graph, graphs["external"].graph
+    assert [(n.op_type, list(n.input)) for n in a.node] == [(n.op_type, list(n.input)) for n in b.node]
+    assert sum(n.op_type == "MatMulNBits" for n in b.node) > 0
+    inits = {t.name: numpy_helper.to_array(t) for t in a.initializer}
+    assert {t.name for t in b.initializer} == set(inits)
+    for t in b.initializer:
+        assert np.array_equal(numpy_helper.to_array(t), inits[t.name]), t.name

@@ -236,8 +236,13 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
 
     import logging
 
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=4, block_size=config.block_size, is_symmetric=config.symmetric,
-                                     accuracy_level=config.accuracy_level or None)
+    from onnx.external_data_helper import load_external_data_for_model
+
+    # The graph without its external data: each MatMul's weight is read just before ORT's quantiser takes it and let go
+    # right after, so a 1B model's 5.6 GB of fp32 weights are never all in memory (only the int4 codes pile up).
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(src), load_external_data=False), bits=4, block_size=config.block_size,
+                                     is_symmetric=config.symmetric, accuracy_level=config.accuracy_level or None)
+    _weights_on_demand(quantizer, src.parent)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
     log.setLevel(logging.WARNING)  # it logs every node at INFO
@@ -245,6 +250,7 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
         quantizer.process()
     finally:
         log.setLevel(level)
+    load_external_data_for_model(quantizer.model.model, str(src.parent))  # what is left: the embedding, norms, biases
     head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level, config.head_bits,
                                     calibrated[1].head if calibrated else None) if config.head else None
     if calibrated is not None:
@@ -256,6 +262,33 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return head, packed
 
+
+
+def _weights_on_demand(quantizer, base: Path) -> None:
+    """Make ``quantizer`` (ORT's MatMulNBitsQuantizer on a graph loaded without external data) read each weight from
+    ``base`` just before it quantises it, and drop the float data again right after."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    inits = {t.name: t for t in quantizer.model.model.graph.initializer}
+    quantize = quantizer.node_quantizer.quantize
+
+    def with_weight(node, graph_stack):
+        tensor = inits.get(node.input[1]) if len(node.input) > 1 else None
+        if tensor is None or not uses_external_data(tensor):
+            return quantize(node, graph_stack)
+        where = list(tensor.external_data)
+        load_external_data_for_tensor(tensor, str(base))
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
+        try:
+            return quantize(node, graph_stack)
+        finally:  # back to a reference into the file (another node may read it too)
+            tensor.ClearField("raw_data")
+            tensor.external_data.extend(where)
+            tensor.data_location = TensorProto.EXTERNAL
+
+    quantizer.node_quantizer.quantize = with_weight
 
 PACKED_KEY = "edgeprune.packed"  # model metadata: packed B initializer → [[float initializer, first row, rows], ...]
 
