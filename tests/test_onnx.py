@@ -798,3 +798,34 @@ def test_int4_of_an_external_data_graph_equals_int4_of_the_same_graph_inline(tin
     assert {t.name for t in b.initializer} == set(inits)
     for t in b.initializer:
         assert np.array_equal(numpy_helper.to_array(t), inits[t.name]), t.name
+
+
+def test_large_graph_int4_loads_the_16bit_reference_after_writing_the_graph(tiny_llama_dir, tmp_path, monkeypatch):
+    """A graph with external data above LARGE_MODEL_BYTES, quantised to int4 without GPTQ: the PyTorch reference is loaded
+    only once the int4 graph is written, in the checkpoint's bf16, and the report says so."""
+    import onnx
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import edgeprune
+    import edgeprune.models.loading as loading
+    import edgeprune.onnx.quantization as quantization
+    import edgeprune.onnx.workflow as workflow
+
+    bf16 = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama_dir).to(torch.bfloat16).save_pretrained(bf16)
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(bf16)
+    src = tmp_path / "onnx"
+    edgeprune.export(str(bf16), src, edgeprune.ExportConfig(verify=False))
+    model = onnx.load(str(src / "model.onnx"))
+    onnx.save(model, str(src / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="model.onnx_data", size_threshold=0)
+    events = []
+    real_load, real_graph = loading.load_model, quantization.quantize_graph
+    monkeypatch.setattr(loading, "load_model", lambda *a, **kw: events.append(("load", kw.get("dtype"))) or real_load(*a, **kw))
+    monkeypatch.setattr(quantization, "quantize_graph", lambda *a, **kw: events.append(("graph", None)) or real_graph(*a, **kw))
+    monkeypatch.setattr(workflow, "LARGE_MODEL_BYTES", 0)
+    report = edgeprune.quantize(str(src), tmp_path / "int4", edgeprune.QuantizeConfig(scheme="int4", method="rtn"))
+    assert events == [("graph", None), ("load", torch.bfloat16)]
+    assert report.settings["reference_dtype"] == "bfloat16" and report.to_dict()["zeros_preserved"]
+    assert report.quality["new_tokens"] > 0 and "decode.logits" in report.quality["max_abs_diff"]

@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from edgeprune.errors import EdgepruneError
 from edgeprune.metadata import EXPORT_SCHEMA_VERSION, METADATA_FILE, read_metadata, write_metadata
@@ -22,6 +22,7 @@ from edgeprune.onnx.genai import GENAI_CONFIG, write_genai_files
 from edgeprune.progress import status
 
 if TYPE_CHECKING:
+    from edgeprune.models.loading import LoadedModel
     from edgeprune.onnx.fuse import FuseReport
     from edgeprune.onnx.quantization import QuantReport
     from edgeprune.onnx.verify import VerifyReport
@@ -188,9 +189,16 @@ def _check(report: ExportReport, config: ExportConfig) -> None:
                                  "export in float32 without weight-changing optimisations")
 
 
-def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_inits: dict[str, str], layers, patterns) -> QuantReport:
-    """Write the quantised graph to ``dst``, check the pruned zeros in it, and measure it against PyTorch."""
-    from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph, stage_groups
+def _quantize(reference: Callable[[], LoadedModel], onnx_path: Path, dst: Path, config: ExportConfig, fp32_inits: dict[str, str],
+              groups: list[list[str]], patterns) -> QuantReport:
+    """Write the quantised graph to ``dst``, check the pruned zeros in it, and measure it against PyTorch.
+
+    ``reference()`` gives the PyTorch model; it is first asked for after the graph is written (GPTQ: before, as its
+    calibration needs it), so the model and the graph rewrite need not share memory. ``groups``: the prunable linears
+    by the input they read (:func:`~edgeprune.onnx.quantization.stage_groups`)."""
+    import torch
+
+    from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph
     from edgeprune.onnx.verify import verify_decoder, verify_encoder
 
     q = config.quantize
@@ -198,10 +206,10 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
     codes = None
     if q.scheme == "int4" and q.method == "gptq" and q.symmetric:
         start = time.perf_counter()
-        codes = calibrate_int4(loaded, q)
+        codes = calibrate_int4(reference(), q)
         gptq_seconds = round(time.perf_counter() - start, 1)
     status(f"writing the {q.scheme} graph")
-    packing = [[fp32_inits[n] for n in group] for group in stage_groups(loaded) if all(n in fp32_inits for n in group)]
+    packing = [[fp32_inits[n] for n in group] for group in groups if all(n in fp32_inits for n in group)]
     head, packed = quantize_graph(onnx_path, dst, q, external, (fp32_inits, codes) if codes else None,
                                   packing if q.scheme == "int4" and q.pack else None)
     settings = {"ops": ["MatMul"] + (["Gather"] if head else []), "embedding": head}
@@ -213,6 +221,11 @@ def _quantize(loaded, onnx_path: Path, dst: Path, config: ExportConfig, fp32_ini
     if codes:
         settings |= {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
                      "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in codes.layers.items() if c[2] == 8)}
+    loaded = reference()
+    layers = loaded.adapter.prunable_linears(loaded.model)
+    dtype = next(iter(layers.values())).weight.dtype if layers else None
+    if dtype is not None and dtype != torch.float32:
+        settings["reference_dtype"] = str(dtype).removeprefix("torch.")  # the zero checks and the quality figures' reference
     status(f"checking pruned zeros in the {q.scheme} codes")
     out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
     if config.verify:
@@ -239,8 +252,11 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
 
     import torch
 
+    from types import SimpleNamespace
+
     from edgeprune.io import atomic_dir, check_out_dir
-    from edgeprune.models.loading import load_model
+    from edgeprune.models.loading import load_model, model_skeleton
+    from edgeprune.onnx.quantization import stage_groups
     from edgeprune.onnx.weights import layer_patterns
 
     _require_onnx_stack()
@@ -264,21 +280,40 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
         raise EdgepruneError(f"'{src}/{ONNX_FILE}' is already quantised ({exported['quantized'].get('scheme')})",
                              "quantise the float export instead")
     check_out_dir(out, overwrite)
-    if config.scheme == "int4" and config.method == "gptq":
+    gptq = config.scheme == "int4" and config.method == "gptq"
+    if gptq:
         from edgeprune.data import check_text
 
         check_text(config.calib.source, "calib", config.calib.tokens)
-    loaded = load_model(exported["source"], device="cpu", dtype=torch.float32)
-    layers = loaded.adapter.prunable_linears(loaded.model)
+    source = exported["source"]
+    # The PyTorch reference (zero checks, quality): in fp32, but for a graph too large for protobuf (its weights in
+    # external data) and no GPTQ to run, in the checkpoint's own 16-bit dtype if it has one (a 1B model: 2.3 GB, not 5).
+    dtype = torch.float32
+    if not gptq and sum(check_external_data(onnx_path).values()) >= LARGE_MODEL_BYTES:
+        from edgeprune.models.loading import stream_source
+        from edgeprune.models.streaming import Checkpoint
+
+        folder = stream_source(source)
+        dtype = Checkpoint(folder).storage_dtype() if folder is not None else torch.float32
+    skeleton = model_skeleton(source)
+    loaded: dict = {}
+
+    def reference():
+        if "model" not in loaded:
+            status("loading the PyTorch model")
+            loaded["model"] = load_model(source, device="cpu", dtype=dtype)
+        return loaded["model"]
+
+    groups = stage_groups(SimpleNamespace(model=skeleton[0], adapter=skeleton[1]) if skeleton else reference())
     fp32_inits = {l["layer"]: l["initializer"] for l in (exported.get("sparsity") or {}).get("layers", []) if l.get("initializer")}
     export_config = ExportConfig(pooling=bool(exported.get("pooling")), verify=verify, quantize=config)
     with atomic_dir(out, overwrite) as tmp:
         for item in src.iterdir():
             if item.is_file() and ".onnx" not in item.name and item.suffix != ".ort" and item.name != METADATA_FILE:
                 shutil.copy2(item, tmp / item.name)
-        report = _quantize(loaded, onnx_path, tmp / ONNX_FILE, export_config, fp32_inits, layers, layer_patterns(meta.get("pruning")))
+        report = _quantize(reference, onnx_path, tmp / ONNX_FILE, export_config, fp32_inits, groups, layer_patterns(meta.get("pruning")))
         _check_quantized(report)
-        if loaded.is_decoder:
+        if reference().is_decoder:
             write_genai_files(tmp, ONNX_FILE)  # rewritten from the quantised graph (and for exports older than genai_config.json)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if ".onnx" in p.name or p.name == GENAI_CONFIG}
         write_metadata(tmp, meta | {"export": exported | {"files": files, "quantized": report.to_dict(),
@@ -351,7 +386,9 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
         if config.quantize is not None:
             fp32_inits = {l.layer: l.initializer for l in report.sparsity.layers if l.initializer}
             dst = onnx_path.with_name(f"model_{config.quantize.scheme}.onnx")
-            report.quantized = _quantize(loaded, onnx_path, dst, config, fp32_inits, layers, layer_patterns(meta))
+            from edgeprune.onnx.quantization import stage_groups
+
+            report.quantized = _quantize(lambda: loaded, onnx_path, dst, config, fp32_inits, stage_groups(loaded), layer_patterns(meta))
             _check(report, config)
         if config.ort_format:
             from edgeprune.onnx.mobile import OPS_CONFIG, convert_to_ort
