@@ -566,6 +566,20 @@ def test_int4_rows_exact_codes_on_a_hand_made_row():
     assert quantize_rows(np.zeros((2, 32), np.float32), 32, 4)[1].tolist() == [[0.0], [0.0]]  # all-zero block: scale 0, codes 8
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_large_table_is_quantised_in_row_chunks_with_the_same_codes(bits):
+    """Tables over ~64 MB (a 1B model's embedding is 1 GB) are quantised a chunk of rows at a time, to bound the
+    temporaries; rows are independent, so the codes equal those of the table quantised in two smaller pieces."""
+    from edgeprune.onnx.quantization import quantize_rows
+
+    table = np.random.default_rng(0).standard_normal((70_000, 256)).astype(np.float32)  # 72 MB: more than one chunk
+    table[::3, ::5] = 0
+    packed, scales = quantize_rows(table, 32, bits)
+    halves = [quantize_rows(table[:35_000], 32, bits), quantize_rows(table[35_000:], 32, bits)]
+    assert np.array_equal(packed, np.concatenate([h[0] for h in halves])) and np.array_equal(scales, np.concatenate([h[1] for h in halves]))
+    assert packed.shape[:2] == (70_000, 8)
+
+
 @pytest.mark.parametrize("bits,method", [(4, "rtn"), (8, "gptq"), (4, "gptq")])
 def test_int4_with_head_quantised_keeps_zeros_shares_one_table_and_runs(bits, method, pruned_llama_dir, pruned_llama_onnx, tmp_path):
     from edgeprune.onnx import QuantizeConfig

@@ -14,6 +14,7 @@ zero and N:M checks still see every linear.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,12 +243,12 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
     # right after, so a 1B model's 5.6 GB of fp32 weights are never all in memory (only the int4 codes pile up).
     quantizer = MatMulNBitsQuantizer(onnx.load(str(src), load_external_data=False), bits=4, block_size=config.block_size,
                                      is_symmetric=config.symmetric, accuracy_level=config.accuracy_level or None)
-    _weights_on_demand(quantizer, src.parent)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
     log.setLevel(logging.WARNING)  # it logs every node at INFO
     try:
-        quantizer.process()
+        with _weights_on_demand(src.parent):
+            quantizer.process()
     finally:
         log.setLevel(level)
     load_external_data_for_model(quantizer.model.model, str(src.parent))  # what is left: the embedding, norms, biases
@@ -264,31 +265,34 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
 
 
 
-def _weights_on_demand(quantizer, base: Path) -> None:
-    """Make ``quantizer`` (ORT's MatMulNBitsQuantizer on a graph loaded without external data) read each weight from
-    ``base`` just before it quantises it, and drop the float data again right after."""
+@contextlib.contextmanager
+def _weights_on_demand(base: Path):
+    """While open, ORT's MatMulNBits quantiser (on a graph loaded without external data) gets each weight it asks for
+    as a standalone copy of its initializer with the data read from ``base``, dropped once it is quantised. Loading the
+    data into the graph's own initializer would not do: protobuf (upb) keeps it in the graph's arena until the whole
+    graph goes, so a 1B model's weights would all pile up (measured: 9.8 GB peak)."""
+    import onnxruntime.quantization.matmul_nbits_quantizer as nbits
     from onnx import TensorProto
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
-    inits = {t.name: t for t in quantizer.model.model.graph.initializer}
-    quantize = quantizer.node_quantizer.quantize
+    find = nbits.get_initializer
 
-    def with_weight(node, graph_stack):
-        tensor = inits.get(node.input[1]) if len(node.input) > 1 else None
+    def with_data(name, graph_path):
+        tensor, graph = find(name, graph_path)
         if tensor is None or not uses_external_data(tensor):
-            return quantize(node, graph_stack)
-        where = list(tensor.external_data)
-        load_external_data_for_tensor(tensor, str(base))
-        tensor.data_location = TensorProto.DEFAULT
-        del tensor.external_data[:]
-        try:
-            return quantize(node, graph_stack)
-        finally:  # back to a reference into the file (another node may read it too)
-            tensor.ClearField("raw_data")
-            tensor.external_data.extend(where)
-            tensor.data_location = TensorProto.EXTERNAL
+            return tensor, graph
+        copy = TensorProto()  # its own arena: freed with it
+        copy.CopyFrom(tensor)
+        load_external_data_for_tensor(copy, str(base))
+        copy.data_location = TensorProto.DEFAULT
+        del copy.external_data[:]
+        return copy, graph
 
-    quantizer.node_quantizer.quantize = with_weight
+    nbits.get_initializer = with_data
+    try:
+        yield
+    finally:
+        nbits.get_initializer = find
 
 PACKED_KEY = "edgeprune.packed"  # model metadata: packed B initializer → [[float initializer, first row, rows], ...]
 
@@ -370,6 +374,10 @@ def quantize_rows(weight: np.ndarray, block: int, bits: int) -> tuple[np.ndarray
     block's largest-magnitude value maps to code 0 (scale = value / -zero_point).
     """
     rows, cols = weight.shape
+    chunk = max(1, (64 << 20) // max(1, weight.itemsize * cols))  # ~64 MB of rows at a time: a 1B model's embedding
+    if rows > chunk:  # (1 GB in fp32) would otherwise need ~4 GB of temporaries; rows are independent
+        parts = [quantize_rows(weight[i:i + chunk], block, bits) for i in range(0, rows, chunk)]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([sc for _, sc in parts])
     zero = 1 << (bits - 1)
     blocks = weight.reshape(rows, cols // block, block)
     extreme = np.take_along_axis(blocks, np.abs(blocks).argmax(-1)[..., None], -1)
