@@ -16,6 +16,30 @@ def _has_external_data(model) -> bool:
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 
+
+def loaded_copy(tensor, base: Path):
+    """A standalone copy of initializer ``tensor`` with its external data (if any) read from ``base``. Reading the
+    data into the graph's own initializer would keep it: protobuf (upb) holds it in the graph's arena until the whole
+    graph is freed, so reading a large graph's weights one by one that way piles them all up."""
+    from onnx import TensorProto
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    if not uses_external_data(tensor):
+        return tensor
+    copy = TensorProto()  # its own arena: freed with it
+    copy.CopyFrom(tensor)
+    load_external_data_for_tensor(copy, str(base))
+    copy.data_location = TensorProto.DEFAULT
+    del copy.external_data[:]
+    return copy
+
+
+def tensor_array(tensor, base: Path):
+    """An initializer's value as a numpy array, its external data read from ``base`` (see :func:`loaded_copy`)."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(loaded_copy(tensor, base))
+
 def check_external_data(onnx_path: Path, model=None) -> dict[str, int]:
     """Every external-data file a graph names exists and is long enough; returns {file: bytes}.
 

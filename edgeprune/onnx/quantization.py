@@ -272,21 +272,14 @@ def _weights_on_demand(base: Path):
     data into the graph's own initializer would not do: protobuf (upb) keeps it in the graph's arena until the whole
     graph goes, so a 1B model's weights would all pile up (measured: 9.8 GB peak)."""
     import onnxruntime.quantization.matmul_nbits_quantizer as nbits
-    from onnx import TensorProto
-    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    from edgeprune.onnx.graph import loaded_copy
 
     find = nbits.get_initializer
 
     def with_data(name, graph_path):
         tensor, graph = find(name, graph_path)
-        if tensor is None or not uses_external_data(tensor):
-            return tensor, graph
-        copy = TensorProto()  # its own arena: freed with it
-        copy.CopyFrom(tensor)
-        load_external_data_for_tensor(copy, str(base))
-        copy.data_location = TensorProto.DEFAULT
-        del copy.external_data[:]
-        return copy, graph
+        return (tensor if tensor is None else loaded_copy(tensor, base)), graph
 
     nbits.get_initializer = with_data
     try:
@@ -464,12 +457,12 @@ def _nibbles(packed: np.ndarray, count: int) -> np.ndarray:
 
 def zero_codes(model, base: Path, initializer: str, scheme: str) -> np.ndarray | None:
     """Bool [out, in]: where the quantised weight of ``initializer`` dequantises to exactly 0 (code == zero point)."""
-    from onnx import numpy_helper
+    from edgeprune.onnx.graph import tensor_array
 
     inits = {t.name: t for t in model.graph.initializer}
 
     def arr(name):
-        return numpy_helper.to_array(inits[name], base_dir=str(base)) if name in inits else None
+        return tensor_array(inits[name], base) if name in inits else None
 
     if scheme == "int8":
         q, zp = arr(initializer + "_quantized"), arr(initializer + "_zero_point")

@@ -79,14 +79,11 @@ def _module_name(node_name: str) -> str:
     return ".".join(part for part in node_name.split("/")[:-1] if part)
 
 
-def linear_weights(graph, base_dir: Path) -> dict[str, tuple[np.ndarray, str, str]]:
-    """Initializers used as the weight of a MatMul/Gemm, as (array, layout, module name from the node's scope),
-    keyed by initializer name. Handles weights stored as external data (``model.onnx_data``) via ``base_dir``.
-    """
-    from onnx import numpy_helper
-
+def linear_weights(graph) -> dict[str, tuple[object, str, str]]:
+    """Initializers used as the weight of a MatMul/Gemm, as (initializer, layout, module name from the node's scope),
+    keyed by initializer name. Read a value with :func:`~edgeprune.onnx.graph.tensor_array` (external data too)."""
     inits = {t.name: t for t in graph.initializer}
-    found: dict[str, tuple[np.ndarray, str, str]] = {}
+    found: dict[str, tuple[object, str, str]] = {}
     for node in graph.node:
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
             continue
@@ -95,7 +92,7 @@ def linear_weights(graph, base_dir: Path) -> dict[str, tuple[np.ndarray, str, st
             layout = "out,in"
         tensor = inits[node.input[1]]
         if len(tensor.dims) == 2 and tensor.name not in found:
-            found[tensor.name] = (numpy_helper.to_array(tensor, base_dir=str(base_dir)), layout, _module_name(node.name))
+            found[tensor.name] = (tensor, layout, _module_name(node.name))
     return found
 
 
@@ -112,22 +109,26 @@ def layer_patterns(metadata: dict | None) -> dict[str, str]:
 def check_sparsity(onnx_path: Path, torch_layers: dict[str, torch.nn.Linear], patterns: dict[str, str]) -> SparsityReport:
     """Match each torch linear to the ONNX initializer holding exactly its values; count zeros, check N:M."""
     import onnx
-    from onnx import numpy_helper
 
+    from edgeprune.onnx.graph import tensor_array
+
+    # One weight in memory at a time (a 1B model's graph holds 5.6 GB of them): digests first, values re-read on a match.
     model = onnx.load(str(onnx_path), load_external_data=False)
     base = onnx_path.parent
     report = SparsityReport()
     for tensor in model.graph.initializer:
         if len(tensor.dims) >= 2:
-            array = numpy_helper.to_array(tensor, base_dir=str(base))
+            array = tensor_array(tensor, base)
             report.initializers[tensor.name] = {"shape": list(array.shape), "zeros": int((array == 0).sum()), "size": int(array.size)}
 
-    by_digest: dict[tuple, tuple[str, np.ndarray, str]] = {}
-    by_scope: dict[str, tuple[str, np.ndarray, str]] = {}
-    for name, (array, layout, scope) in linear_weights(model.graph, base).items():
+    by_digest: dict[tuple, tuple[str, object, str]] = {}
+    by_scope: dict[str, tuple[str, object, str]] = {}
+    for name, (tensor, layout, scope) in linear_weights(model.graph).items():
+        array = tensor_array(tensor, base)
         out_in = array.T if layout == "in,out" else array
-        by_digest.setdefault((out_in.shape, out_in.dtype.str, _digest(out_in)), (name, array, layout))
-        by_scope.setdefault(scope, (name, array, layout))
+        by_digest.setdefault((out_in.shape, out_in.dtype.str, _digest(out_in)), (name, tensor, layout))
+        by_scope.setdefault(scope, (name, tensor, layout))
+        del array, out_in
 
     for layer, linear in torch_layers.items():
         w = linear.weight.detach().cpu().numpy()
@@ -136,10 +137,11 @@ def check_sparsity(onnx_path: Path, torch_layers: dict[str, torch.nn.Linear], pa
         # Exact values first; the node scope is a fallback that lets a changed weight still be reported.
         exact = by_digest.get((w.shape, w.dtype.str, _digest(w)))
         hit = exact or by_scope.get(layer)
-        if hit is None or hit[1].size != w.size:
+        if hit is None or int(np.prod(hit[1].dims)) != w.size:
             report.layers.append(LayerSparsity(layer, None, tuple(w.shape), None, torch_zeros, None, pattern, None))
             continue
-        name, array, layout = hit
+        name, tensor, layout = hit
+        array = tensor_array(tensor, base)
         out_in = torch.from_numpy(np.ascontiguousarray(array.T if layout == "in,out" else array))
         nm_ok = None
         if pattern:
