@@ -509,7 +509,8 @@ def quantize(
     _set_threads(threads)
     with _Display():
         report = run_quantize(onnx_dir, out, config, verify=verify, overwrite=overwrite)
-    line = f"{report.scheme}: {report.bytes / 2**20:.1f} MiB → {out}/model.onnx; zeros kept: {'yes' if not report.lost else 'no'}"
+    size = sum(f.stat().st_size for f in Path(out).glob(f"{report.file}*"))  # the graph and its external data, if any
+    line = f"{report.scheme}: {size / 2**20:.1f} MiB → {out}/model.onnx; zeros kept: {'yes' if not report.lost else 'no'}"
     if report.quality.get("greedy_tokens_identical_prefix") is not None:
         line += f"; greedy tokens identical to PyTorch: {report.quality['greedy_tokens_identical_prefix']}/{report.quality['new_tokens']}"
     typer.echo(line)
