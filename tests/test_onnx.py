@@ -814,32 +814,44 @@ def test_int4_of_an_external_data_graph_equals_int4_of_the_same_graph_inline(tin
         assert np.array_equal(numpy_helper.to_array(t), inits[t.name]), t.name
 
 
-def test_large_graph_int4_loads_the_16bit_reference_after_writing_the_graph(tiny_llama_dir, tmp_path, monkeypatch):
-    """A graph with external data above LARGE_MODEL_BYTES, quantised to int4 without GPTQ: the PyTorch reference is loaded
-    only once the int4 graph is written, in the checkpoint's bf16, and the report says so."""
+def test_large_decoder_int4_checks_against_the_checkpoint_block_by_block(tiny_llama_dir, tmp_path, monkeypatch):
+    """A decoder graph in external data above LARGE_MODEL_BYTES, quantised to int4 without GPTQ: the PyTorch side is read
+    from the safetensors block by block, only once the graph is written; its zero checks and quality figures equal those
+    of the whole model (the greedy prefix teacher-forced, the prefill logits the same pass)."""
     import onnx
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import edgeprune
     import edgeprune.models.loading as loading
     import edgeprune.onnx.quantization as quantization
     import edgeprune.onnx.workflow as workflow
+    from edgeprune.onnx.reference import StreamedReference, WholeReference
 
-    bf16 = tmp_path / "bf16"
-    AutoModelForCausalLM.from_pretrained(tiny_llama_dir).to(torch.bfloat16).save_pretrained(bf16)
-    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(bf16)
     src = tmp_path / "onnx"
-    edgeprune.export(str(bf16), src, edgeprune.ExportConfig(verify=False))
+    pruned = tmp_path / "pruned"
+    edgeprune.prune(str(tiny_llama_dir), pruned, edgeprune.PruneConfig(method="wanda", sparsity="2:4", calib=edgeprune.CalibConfig(samples=4, seqlen=32)))
+    edgeprune.export(str(pruned), src, edgeprune.ExportConfig(verify=False))
     model = onnx.load(str(src / "model.onnx"))
     onnx.save(model, str(src / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
               location="model.onnx_data", size_threshold=0)
     events = []
-    real_load, real_graph = loading.load_model, quantization.quantize_graph
-    monkeypatch.setattr(loading, "load_model", lambda *a, **kw: events.append(("load", kw.get("dtype"))) or real_load(*a, **kw))
-    monkeypatch.setattr(quantization, "quantize_graph", lambda *a, **kw: events.append(("graph", None)) or real_graph(*a, **kw))
+    real_streamed, real_graph = loading.load_streamed, quantization.quantize_graph
+    monkeypatch.setattr(loading, "load_streamed", lambda *a, **kw: events.append("load") or real_streamed(*a, **kw))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **kw: pytest.fail("the whole model was loaded"))
+    monkeypatch.setattr(quantization, "quantize_graph", lambda *a, **kw: events.append("graph") or real_graph(*a, **kw))
     monkeypatch.setattr(workflow, "LARGE_MODEL_BYTES", 0)
     report = edgeprune.quantize(str(src), tmp_path / "int4", edgeprune.QuantizeConfig(scheme="int4", method="rtn"))
-    assert events == [("graph", None), ("load", torch.bfloat16)]
-    assert report.settings["reference_dtype"] == "bfloat16" and report.to_dict()["zeros_preserved"]
-    assert report.quality["new_tokens"] > 0 and "decode.logits" in report.quality["max_abs_diff"]
+    assert events == ["graph", "load"] and "block by block" in report.settings["reference"]
+    assert report.to_dict()["zeros_preserved"] and report.to_dict()["torch_zeros"] > 0
+    monkeypatch.undo()
+
+    graph = tmp_path / "int4" / "model.onnx"
+    whole = WholeReference(loading.load_model(str(pruned)))
+    streamed = StreamedReference(*loading.load_streamed(str(pruned)))
+    a, b = whole.quality(graph, 16, 1e-4, False), streamed.quality(graph, 16, 1e-4, False)
+    assert a["tokens_onnx"] == b["tokens_onnx"] and a["greedy_tokens_identical_prefix"] == b["greedy_tokens_identical_prefix"]
+    assert b["max_abs_diff"]["prefill.logits"] == pytest.approx(a["max_abs_diff"]["prefill.logits"], rel=1e-3, abs=1e-5)
+    assert set(streamed.linears()) == set(whole.linears())
+    for name, linear in whole.linears().items():
+        assert torch.equal(streamed.linears()[name].weight, linear.weight.detach())
+    ids = whole.loaded.tokenizer("a longer prompt for the teacher-forced pass", return_tensors="pt")["input_ids"]
+    assert torch.allclose(streamed.logits(ids), whole.loaded.model(input_ids=ids).logits, atol=1e-5)

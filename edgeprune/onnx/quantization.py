@@ -251,9 +251,9 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
             quantizer.process()
     finally:
         log.setLevel(level)
-    load_external_data_for_model(quantizer.model.model, str(src.parent))  # what is left: the embedding, norms, biases
     head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level, config.head_bits,
-                                    calibrated[1].head if calibrated else None) if config.head else None
+                                    calibrated[1].head if calibrated else None, src.parent) if config.head else None
+    load_external_data_for_model(quantizer.model.model, str(src.parent))  # what is left: norms, biases (a kept fp32 table)
     if calibrated is not None:
         layers, codes = calibrated
         replaced = replace_int4_weights(quantizer.model.model, layers, codes.layers, config.block_size)
@@ -382,13 +382,14 @@ def quantize_rows(weight: np.ndarray, block: int, bits: int) -> tuple[np.ndarray
 
 
 def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: int = 4,
-                             head_codes: tuple[np.ndarray, np.ndarray] | None = None) -> dict | None:
+                             head_codes: tuple[np.ndarray, np.ndarray] | None = None, base: Path | None = None) -> dict | None:
     """Quantise the token embedding (the Gather reading ``input_ids``) to ``bits`` (4 or 8) in place, and the LM head with it.
 
     A tied head appears in the export as ``MatMul(x, Transpose(embedding))``; it becomes a MatMulNBits that
     reads the same packed table as the GatherBlockQuantized, so the file holds the codes and the scales once
     (the lookup reads the scales through a Reshape, which ONNX Runtime folds at load). ``head_codes``: 4-bit
-    codes calibrated for the head (:func:`calibrate_int4`), used by both instead of round-to-nearest.
+    codes calibrated for the head (:func:`calibrate_int4`), used by both instead of round-to-nearest. ``base``: where
+    the table's external data is, if it has any (read into a standalone copy, see :func:`~edgeprune.onnx.graph.loaded_copy`).
     Returns what was done, or None when the graph has no such embedding or its width is not a multiple of ``block``.
     """
     from onnx import helper, numpy_helper
@@ -398,8 +399,10 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
     gather = next((n for n in graph.node if n.op_type == "Gather" and n.input[0] in inits and n.input[1] == "input_ids"), None)
     if gather is None or any(a.name == "axis" and a.i != 0 for a in gather.attribute):
         return None
+    from edgeprune.onnx.graph import tensor_array
+
     table = gather.input[0]
-    weight = numpy_helper.to_array(inits[table])
+    weight = tensor_array(inits[table], base) if base is not None else numpy_helper.to_array(inits[table])
     if weight.ndim != 2 or weight.shape[1] % block or weight.dtype != np.float32:
         return None
     rows, cols = weight.shape

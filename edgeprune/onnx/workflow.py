@@ -22,7 +22,7 @@ from edgeprune.onnx.genai import GENAI_CONFIG, write_genai_files
 from edgeprune.progress import status
 
 if TYPE_CHECKING:
-    from edgeprune.models.loading import LoadedModel
+    from edgeprune.onnx.reference import StreamedReference, WholeReference
     from edgeprune.onnx.fuse import FuseReport
     from edgeprune.onnx.quantization import QuantReport
     from edgeprune.onnx.verify import VerifyReport
@@ -189,24 +189,22 @@ def _check(report: ExportReport, config: ExportConfig) -> None:
                                  "export in float32 without weight-changing optimisations")
 
 
-def _quantize(reference: Callable[[], LoadedModel], onnx_path: Path, dst: Path, config: ExportConfig, fp32_inits: dict[str, str],
+def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_path: Path, dst: Path, config: ExportConfig, fp32_inits: dict[str, str],
               groups: list[list[str]], patterns) -> QuantReport:
     """Write the quantised graph to ``dst``, check the pruned zeros in it, and measure it against PyTorch.
 
-    ``reference()`` gives the PyTorch model; it is first asked for after the graph is written (GPTQ: before, as its
-    calibration needs it), so the model and the graph rewrite need not share memory. ``groups``: the prunable linears
+    ``reference()`` gives the PyTorch side (:mod:`edgeprune.onnx.reference`); it is first asked for after the graph is
+    written (GPTQ: before, as its calibration needs the whole model), so the model and the graph rewrite need not share
+    memory. ``groups``: the prunable linears
     by the input they read (:func:`~edgeprune.onnx.quantization.stage_groups`)."""
-    import torch
-
     from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph
-    from edgeprune.onnx.verify import verify_decoder, verify_encoder
 
     q = config.quantize
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
     codes = None
     if q.scheme == "int4" and q.method == "gptq" and q.symmetric:
         start = time.perf_counter()
-        codes = calibrate_int4(reference(), q)
+        codes = calibrate_int4(reference().loaded, q)
         gptq_seconds = round(time.perf_counter() - start, 1)
     status(f"writing the {q.scheme} graph")
     packing = [[fp32_inits[n] for n in group] for group in groups if all(n in fp32_inits for n in group)]
@@ -221,23 +219,14 @@ def _quantize(reference: Callable[[], LoadedModel], onnx_path: Path, dst: Path, 
     if codes:
         settings |= {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
                      "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in codes.layers.items() if c[2] == 8)}
-    loaded = reference()
-    layers = loaded.adapter.prunable_linears(loaded.model)
-    dtype = next(iter(layers.values())).weight.dtype if layers else None
-    if dtype is not None and dtype != torch.float32:
-        settings["reference_dtype"] = str(dtype).removeprefix("torch.")  # the zero checks and the quality figures' reference
+    ref = reference()
+    if ref.kind != "whole":
+        settings["reference"] = "read block by block from the safetensors; quality teacher-forced on the graph's tokens"
     status(f"checking pruned zeros in the {q.scheme} codes")
-    out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, layers, fp32_inits, patterns, q.scheme))
+    out = QuantReport(q.scheme, dst.name, dst.stat().st_size, settings, check_quantized(dst, ref.linears(), fp32_inits, patterns, q.scheme))
     if config.verify:
         status(f"comparing the {q.scheme} graph with PyTorch")
-        if loaded.is_decoder:
-            quality = verify_decoder(loaded.model, loaded.tokenizer, dst, config.new_tokens, config.atol)
-            agree = next((i for i, (a, b) in enumerate(zip(quality.tokens_torch, quality.tokens_onnx)) if a != b), len(quality.tokens_torch))
-            out.quality = {"max_abs_diff": quality.max_abs_diff, "greedy_tokens_identical_prefix": agree,
-                           "new_tokens": len(quality.tokens_torch), "tokens_onnx": quality.tokens_onnx}
-        else:
-            quality = verify_encoder(loaded.model, loaded.tokenizer, dst, config.atol, config.pooling)
-            out.quality = {"max_abs_diff": quality.max_abs_diff, "embedding_cosine_min": quality.embedding_cosine_min}
+        out.quality = ref.quality(dst, config.new_tokens, config.atol, config.pooling)
     return out
 
 
@@ -255,8 +244,9 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
     from types import SimpleNamespace
 
     from edgeprune.io import atomic_dir, check_out_dir
-    from edgeprune.models.loading import load_model, model_skeleton
+    from edgeprune.models.loading import load_model, load_streamed, model_skeleton, stream_source
     from edgeprune.onnx.quantization import stage_groups
+    from edgeprune.onnx.reference import StreamedReference, WholeReference
     from edgeprune.onnx.weights import layer_patterns
 
     _require_onnx_stack()
@@ -286,25 +276,22 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
 
         check_text(config.calib.source, "calib", config.calib.tokens)
     source = exported["source"]
-    # The PyTorch reference (zero checks, quality): in fp32, but for a graph too large for protobuf (its weights in
-    # external data) and no GPTQ to run, in the checkpoint's own 16-bit dtype if it has one (a 1B model: 2.3 GB, not 5).
-    dtype = torch.float32
-    if not gptq and sum(check_external_data(onnx_path).values()) >= LARGE_MODEL_BYTES:
-        from edgeprune.models.loading import stream_source
-        from edgeprune.models.streaming import Checkpoint
-
-        folder = stream_source(source)
-        dtype = Checkpoint(folder).storage_dtype() if folder is not None else torch.float32
     skeleton = model_skeleton(source)
-    loaded: dict = {}
+    # The PyTorch side (zero checks, quality): the whole model in fp32; for a decoder whose graph is too large for
+    # protobuf (weights in external data, above LARGE_MODEL_BYTES) and no GPTQ to run, read block by block from its
+    # safetensors instead (a 1B model: one block in memory, not 5 GB).
+    streamed = (not gptq and skeleton is not None and skeleton[1].task == "text-generation"
+                and sum(check_external_data(onnx_path).values()) >= LARGE_MODEL_BYTES and stream_source(source) is not None)
+    held: dict = {}
 
     def reference():
-        if "model" not in loaded:
-            status("loading the PyTorch model")
-            loaded["model"] = load_model(source, device="cpu", dtype=dtype)
-        return loaded["model"]
+        if "ref" not in held:
+            status("loading the PyTorch model" + (" (block by block)" if streamed else ""))
+            held["ref"] = StreamedReference(*load_streamed(source, "cpu")) if streamed else \
+                WholeReference(load_model(source, device="cpu", dtype=torch.float32))
+        return held["ref"]
 
-    groups = stage_groups(SimpleNamespace(model=skeleton[0], adapter=skeleton[1]) if skeleton else reference())
+    groups = stage_groups(SimpleNamespace(model=skeleton[0], adapter=skeleton[1]) if skeleton else reference().loaded)
     fp32_inits = {l["layer"]: l["initializer"] for l in (exported.get("sparsity") or {}).get("layers", []) if l.get("initializer")}
     export_config = ExportConfig(pooling=bool(exported.get("pooling")), verify=verify, quantize=config)
     with atomic_dir(out, overwrite) as tmp:
@@ -387,8 +374,10 @@ def export(model_spec: str, out: str | Path, config: ExportConfig = ExportConfig
             fp32_inits = {l.layer: l.initializer for l in report.sparsity.layers if l.initializer}
             dst = onnx_path.with_name(f"model_{config.quantize.scheme}.onnx")
             from edgeprune.onnx.quantization import stage_groups
+            from edgeprune.onnx.reference import WholeReference
 
-            report.quantized = _quantize(lambda: loaded, onnx_path, dst, config, fp32_inits, stage_groups(loaded), layer_patterns(meta))
+            report.quantized = _quantize(lambda: WholeReference(loaded), onnx_path, dst, config, fp32_inits, stage_groups(loaded),
+                                         layer_patterns(meta))
             _check(report, config)
         if config.ort_format:
             from edgeprune.onnx.mobile import OPS_CONFIG, convert_to_ort
