@@ -63,3 +63,22 @@ def test_minilm_streamed_prune_equals_the_whole_model_prune(tmp_path):
     on, off = ({k: v for f in sorted((tmp_path / s).glob("*.safetensors")) for k, v in load_file(f).items()} for s in ("on", "off"))
     assert set(on) == set(off)
     assert all(torch.equal(on[k], off[k]) for k in on)
+
+
+def test_smollm2_gguf_converts_tensor_by_tensor_to_what_transformers_loads(tmp_path):
+    """The GGUF cache conversion de-quantises one tensor at a time into per-block shards: every tensor and the config
+    equal transformers' own whole-file GGUF load (q/k un-permuted alike, the tied head included)."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeprune.models.loading import _convert_gguf, resolve_spec
+
+    _, path, gguf = resolve_spec("smollm2-135m")
+    _convert_gguf(path / gguf, AutoModelForCausalLM, tmp_path / "streamed")
+    index = json.loads((tmp_path / "streamed" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 30  # one shard per block, and the stem tensors
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")
+    theirs = AutoModelForCausalLM.from_pretrained(str(path), gguf_file=gguf, dtype=torch.float32)
+    a, b = ours.state_dict(), theirs.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    theirs.save_pretrained(tmp_path / "whole")
+    assert json.loads((tmp_path / "streamed" / "config.json").read_text()) == json.loads((tmp_path / "whole" / "config.json").read_text())

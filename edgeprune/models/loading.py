@@ -117,7 +117,7 @@ def _quiet_transformers():
 
 
 GGUF_CACHE = "gguf"  # under edgeprune.io.cache_dir()
-_GGUF_CACHE_FORMAT = 1  # bump when what is written changes: older folders are then ignored
+_GGUF_CACHE_FORMAT = 2  # bump when what is written changes: older folders are then ignored (2: one shard per block)
 
 
 def _gguf_cache_path(path: Path, gguf_file: str) -> Path:
@@ -135,12 +135,70 @@ def _gguf_cache_path(path: Path, gguf_file: str) -> Path:
     return cache_dir() / GGUF_CACHE / f"{file.stem}-{hashlib.blake2b(key.encode(), digest_size=8).hexdigest()}"
 
 
+def _convert_gguf(file: Path, model_cls, out: Path) -> None:
+    """Write ``file``'s weights to ``out`` as an fp32 safetensors folder (one shard per block, one for the rest, and the
+    index) with its config, de-quantising one tensor at a time with transformers' own GGUF name map and tensor
+    processors (q/k un-permuted as it does), so memory holds one tensor and one block, not the model (transformers'
+    loader de-quantises every tensor into memory first)."""
+    import re
+
+    import numpy as np
+    from gguf import GGUFReader, dequantize
+    from safetensors.torch import save_file
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map, read_field
+
+    from edgeprune.io import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = _gguf_config(str(file.parent), file.name, file.stat().st_mtime_ns)  # parsed once per process
+    config.torch_dtype = torch.float32
+    parsed = {"config": config.to_dict()}  # what the tensor processors read (head counts, for un-permuting q/k)
+    with torch.device("meta"):
+        skeleton = model_cls.from_config(config)
+    names = get_gguf_hf_weights_map(skeleton)
+    config.architectures = [type(skeleton).__name__]  # as save_pretrained writes it
+    reader = GGUFReader(str(file))
+    processor = TENSOR_PROCESSORS.get(read_field(reader, "general.architecture")[0], TensorProcessor)(config=parsed["config"])
+    layer = re.compile(r"\.layers\.(\d+)\.")
+    shards: dict[str, dict[str, torch.Tensor]] = {}
+    written: dict[str, int] = {}  # shard key → files written for it (a block whose tensors come back later gets another)
+    weight_map, total = {}, 0
+
+    def flush(key: str) -> None:
+        nonlocal total
+        tensors = shards.pop(key)
+        written[key] = written.get(key, 0) + 1
+        shard = f"model-{key}{'' if written[key] == 1 else f'-{written[key]}'}.safetensors"
+        save_file(tensors, out / shard, metadata={"format": "pt"})
+        for name, t in tensors.items():
+            weight_map[name] = shard
+            total += t.numel() * t.element_size()
+
+    for tensor in reader.tensors:
+        result = processor.process(weights=dequantize(tensor.data, tensor.tensor_type), name=tensor.name,
+                                   tensor_key_mapping=names, parsed_parameters=parsed)
+        if result.name not in names:
+            continue
+        name = names[result.name]
+        found = layer.search(name)
+        key = f"block{int(found.group(1)):05d}" if found else re.sub(r"[^A-Za-z0-9_]+", "_", name)  # stem tensors: one file each
+        shards.setdefault(key, {})[name] = torch.from_numpy(np.array(result.weights, dtype=np.float32))  # a copy: not the mmap
+        for done in [k for k in shards if k != key or not found]:  # blocks come in order: the one before is complete
+            flush(done)
+    for key in list(shards):
+        flush(key)
+    write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))})
+    config.save_pretrained(out)
+
+
 def gguf_as_folder(path: Path, gguf_file: str, model_cls) -> Path | None:
     """A GGUF file as an fp32 Hugging Face folder (safetensors + tokenizer), converted once and cached.
 
     transformers parses and de-quantises a GGUF on every load (45 s for SmolLM2-135M here, most of it reading the
     tokenizer's metadata), and one pipeline loads the same file several times; the folder loads in seconds with the
-    same weights, config and tokenizer. None when the cache cannot be written (then the GGUF loads directly)."""
+    same weights, config and tokenizer. The conversion reads one tensor at a time (:func:`_convert_gguf`), so a GGUF
+    larger than memory converts too, and then streams block by block like any safetensors folder. None when the cache
+    cannot be written (then the GGUF loads directly)."""
     import shutil
     import tempfile
 
@@ -157,11 +215,8 @@ def gguf_as_folder(path: Path, gguf_file: str, model_cls) -> Path | None:
         return None
     try:
         with _quiet_transformers():
-            model = model_cls.from_pretrained(str(path), gguf_file=gguf_file, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(str(path), gguf_file=gguf_file)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        del model
+            _convert_gguf(path / gguf_file, model_cls, tmp)
+            AutoTokenizer.from_pretrained(str(path), gguf_file=gguf_file).save_pretrained(tmp)
         try:
             os.replace(tmp, target)
         except OSError:  # another process converted it first: keep theirs
