@@ -116,6 +116,7 @@ class FitReport:
     shortlist_choice: str | None = None  # what the shortlist rounds alone chose (with measure_all: a check of the proxy)
     measured_all: bool = False
     profile_rounds: int = 1  # profile rounds per measurement (timings are medians; pruned ones relative to dense int4)
+    side_by_side: int = 0  # turns per graph when pruned candidates were timed beside dense int4 in one process (0: not)
     schema_version: int = FIT_SCHEMA_VERSION
 
     def entry(self, key: str) -> Entry:
@@ -533,7 +534,8 @@ def fit(model: str, device, out: str | Path, config: FitConfig = FitConfig(), lo
     chosen = choose(entries, budget)
     report = FitReport(model, device.name, state.threads, budget.limits(), rule, "perplexity" if state.is_decoder else "embedding_cosine",
                        entries, chosen.candidate.key if chosen else None, rounds, round(time.perf_counter() - start, 1), latency_models,
-                       by_shortlist.candidate.key if by_shortlist else None, config.measure_all, config.rounds)
+                       by_shortlist.candidate.key if by_shortlist else None, config.measure_all, config.rounds,
+                       config.side_by_side if config.where == "local" or not device.remote else 0)
     if chosen is None:
         raise no_fit_error(entries, budget)
     write_fit(report, state.quantized(chosen.candidate), out)

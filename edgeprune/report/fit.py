@@ -120,7 +120,10 @@ def summary_lines(data: dict) -> list[str]:
              + f" (predictions in brackets). {data['seconds']:.0f} s."]
     if data.get("profile_rounds", 1) > 1:
         lines.append(f"Timings are medians of {data['profile_rounds']} profile rounds in alternating order; the pruned candidates' "
-                     f"as their per-round ratio to dense int4, profiled again in the same rounds, × its own figure.")
+                     f"as their per-round ratio to dense int4, profiled again in the same rounds, × its own figure"
+                     + (f", except {BUDGET_KEYS[speed_key(data)][0]}: their median per-turn ratio to dense int4 timed beside them "
+                        f"in one process ({data['side_by_side']} turns each, order alternating) × its own figure."
+                        if data.get("side_by_side") else "."))
     if data.get("measured_all"):
         picked = [e for e in data["entries"] if e["shortlisted"]]
         same = data["shortlist_choice"] == data["chosen"]
