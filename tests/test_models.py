@@ -108,9 +108,9 @@ def test_gguf_loads_from_a_cached_conversion_with_the_same_weights_and_tokenizer
     first = load_model(tmp_path / "tiny.gguf")
     folders = list((tmp_path / "cache" / GGUF_CACHE).iterdir())
     assert len(folders) == 1 and (folders[0] / "config.json").is_file()  # converted once, no temporary folder left
-    stamp = (folders[0] / "model.safetensors").stat().st_mtime_ns
+    stamp = (folders[0] / "model.safetensors.index.json").stat().st_mtime_ns
     second = load_model(tmp_path / "tiny.gguf")
-    assert (folders[0] / "model.safetensors").stat().st_mtime_ns == stamp  # read, not converted again
+    assert (folders[0] / "model.safetensors.index.json").stat().st_mtime_ns == stamp  # read, not converted again
 
     for loaded in (first, second):
         assert (loaded.path, loaded.gguf_file) == (tmp_path, "tiny.gguf")  # provenance is the GGUF, not the cache
