@@ -74,7 +74,7 @@ class FitConfig:
         if self.rounds < 1:
             raise EdgepruneError(f"rounds {self.rounds} must be 1 or more", "pass e.g. --rounds 3")
         if self.side_by_side < 0:
-            raise EdgepruneError(f"side_by_side {self.side_by_side} must be 0 or more", "pass e.g. side_by_side = 16")
+            raise EdgepruneError(f"side_by_side {self.side_by_side} must be 0 or more", "pass e.g. --side-by-side 16")
         if self.where not in ("device", "local"):
             raise EdgepruneError(f"where '{self.where}' is unknown", "use device or local")
 
