@@ -161,6 +161,9 @@ def prune(
                                                         "weights exceed half the free memory; off"),
     dtype: str = typer.Option("auto", help="storage dtype of the output: auto (the checkpoint's), fp32, bf16 or "
                                                       "fp16; the arithmetic is fp32 either way"),
+    hidden_memory: str = typer.Option("auto", help="memory the calibration hidden states may take before they go to a "
+                                      "memory-mapped file next to --out: auto (a quarter of the memory available at the "
+                                      "start) or GiB, e.g. 2; 0 always spills"),
     overwrite: bool = typer.Option(False, help="replace --out if it exists"),
 ):
     """Prune MODEL and write a Hugging Face folder with zeros in the weights and edgeprune.json."""
@@ -177,6 +180,7 @@ def prune(
         permute=permute,
         stream=stream,
         dtype=dtype,
+        hidden_memory=hidden_memory,
     )
     _set_threads(threads)
     with _Display(f"{method} {sparsity}") as bar:

@@ -316,7 +316,7 @@ def _field_default(cls, path: str):
     ("prune", "edgeprune.pruning:PruneConfig", {"method": "method", "sparsity": "sparsity", "calib": "calib.source",
                                                  "samples": "calib.samples", "seqlen": "calib.seqlen", "seed": "calib.seed",
                                                  "torch_device": "device", "permute": "permute",
-                                                 "stream": "stream", "dtype": "dtype"}),
+                                                 "stream": "stream", "dtype": "dtype", "hidden_memory": "hidden_memory"}),
     ("quantize", "edgeprune.onnx:QuantizeConfig", {"scheme": "scheme", "block_size": "block_size", "symmetric": "symmetric",
                                                    "quantize_head": "head", "head_bits": "head_bits", "method": "method",
                                                    "calib": "calib.source", "act_order": "act_order", "damp": "damp",

@@ -224,3 +224,58 @@ def test_an_interrupted_stream_says_it_resumes(tiny_tokenizer, tmp_path, monkeyp
     assert not (tmp_path / "out").exists() and (tmp_path / ".out.partial" / "model-00001-of-00004.safetensors").is_file()
     monkeypatch.setattr(safetensors.torch, "save_file", real_save)
     assert CliRunner().invoke(app, args).exit_code == 0 and not (tmp_path / ".out.partial").exists()
+
+
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_hidden_states_spilled_to_a_mapped_file_give_the_same_prune(tiny_tokenizer, tmp_path, monkeypatch, stream):
+    """--hidden-memory 0: every buffer of hidden states between blocks is a mapping of an unlinked file next to --out
+    (none left behind); the pruned tensors and the recorded attention errors are those of the in-memory run."""
+    from edgeprune.pruning import hidden
+
+    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=3), tiny_tokenizer, tmp_path / "src")
+    in_memory, spilled = tmp_path / "in-memory", tmp_path / "spilled"
+    prune(str(src), in_memory, PruneConfig(method="sparsegpt", calib=CALIB, stream=stream))
+    maps = []
+    real = hidden.mapped_tensor
+    monkeypatch.setattr(hidden, "mapped_tensor", lambda shape, dtype, folder: maps.append((shape, folder)) or real(shape, dtype, folder))
+    prune(str(src), spilled, PruneConfig(method="sparsegpt", calib=CALIB, stream=stream, hidden_memory="0"))
+    assert len(maps) == 1 + 3 and {folder for _, folder in maps} == {tmp_path}  # the embedding + each block's outputs
+    assert all(shape == (4, 64, 64) for shape, _ in maps)
+    a, b = _tensors(in_memory), _tensors(spilled)
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+    meta_a, meta_b = (json.loads((d / "edgeprune.json").read_text()) for d in (in_memory, spilled))
+    assert meta_a["attention_error"] == meta_b["attention_error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in-memory", "spilled", "src"]
+
+
+def test_a_mapped_buffer_reads_back_and_leaves_no_file(tmp_path):
+    from edgeprune.pruning.hidden import HiddenPolicy, fill
+
+    policy = HiddenPolicy(budget=0, folder=tmp_path / "spill")
+    chunks = [torch.randn(2, 5, 3, dtype=torch.bfloat16) for _ in range(3)]
+    out = fill(iter(chunks), 6, policy)
+    assert torch.equal(out, torch.cat(chunks)) and out.dtype == torch.bfloat16
+    assert list((tmp_path / "spill").iterdir()) == []  # unlinked once mapped
+    big = HiddenPolicy(budget=2 * 6 * 5 * 3 * 2, folder=tmp_path)
+    assert not big.spills((6, 5, 3), torch.bfloat16) and big.spills((7, 5, 3), torch.bfloat16)
+
+
+def test_no_room_for_spilled_hidden_states_is_one_line(tiny_llama_dir, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    result = CliRunner().invoke(app, ["prune", str(tiny_llama_dir), "--out", str(tmp_path / "o"), "--method", "wanda",
+                                      "--samples", "2", "--seqlen", "32", "--hidden-memory", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert "no room for" in result.output and "No space left on device" in result.output and "--hidden-memory" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_hidden_memory_is_one_line(tiny_llama_dir, tmp_path):
+    result = CliRunner().invoke(app, ["prune", str(tiny_llama_dir), "--out", str(tmp_path / "o"), "--hidden-memory", "lots"])
+    assert result.exit_code == 2 and "--hidden-memory 'lots' is not a size" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

@@ -243,7 +243,7 @@ class StreamedModel:
         saved = None
         if progress.is_file():
             try:
-                saved = torch.load(progress, weights_only=False)
+                saved = torch.load(progress, weights_only=False, mmap=True)  # the hidden states stay on disk
             except Exception:  # a progress file from a crash mid-write or another version: start over
                 saved = None
         if saved is None or saved.get("key") != self.key or not all((folder / f).is_file() for f in set(saved["weight_map"].values())):

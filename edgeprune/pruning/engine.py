@@ -24,6 +24,7 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.models.base import Adapter
 from edgeprune.pruning.attention_math import attention_error, attention_probs
+from edgeprune.pruning.hidden import HiddenPolicy, fill
 from edgeprune.pruning.kernels import ColumnSquareNorms, CrossHessian, wanda_scores
 from edgeprune.sparsity import SparsitySpec, parse_sparsity
 from edgeprune.sparsity.permute import apply_permutation, kept_score, segment_permutations
@@ -51,6 +52,7 @@ class BlockContext:
     batch_size: int
     dense_block: nn.Module | None  # an untouched copy of the block, for dense targets
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    hidden_policy: HiddenPolicy | None = None  # where the outputs go (None: in memory)
     _dense_inputs: dict | None = field(default=None, repr=False)
     _outputs: torch.Tensor | None = field(default=None, repr=False)
 
@@ -62,7 +64,7 @@ class BlockContext:
     def outputs(self) -> torch.Tensor:
         """The block's outputs on ``inputs`` as the block is now; computed once, and what the next block reads."""
         if self._outputs is None:
-            self._outputs = run_block_batched(self.adapter, self.block, self.inputs, self.context, self.batch_size)
+            self._outputs = run_block_batched(self.adapter, self.block, self.inputs, self.context, self.batch_size, self.hidden_policy)
         return self._outputs
 
     def batches(self):
@@ -130,13 +132,15 @@ def sequential(
     stream=None,
     generator: torch.Generator | None = None,
     progress: Callable[[int, int], None] | None = None,
+    hidden_policy: HiddenPolicy | None = None,
 ) -> Iterator[BlockContext]:
     """Calibrate → compress → propagate, block by block: yields each block's :class:`BlockContext`.
 
     The caller gathers statistics and changes the block while it holds the context; when it asks for the next one,
     the block's outputs as changed (:meth:`BlockContext.outputs`) become the next block's inputs. Without
     ``calib_ids`` the contexts have no inputs (data-free methods). ``stream`` (a
-    :class:`~edgeprune.models.streaming.StreamedModel`) holds one block in memory at a time.
+    :class:`~edgeprune.models.streaming.StreamedModel`) holds one block in memory at a time. ``hidden_policy`` says where
+    the hidden states between blocks live (:mod:`edgeprune.pruning.hidden`; None: in memory).
     """
     blocks = adapter.blocks(model)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -147,13 +151,13 @@ def sequential(
         gen.set_state(resumed["generator"])
     elif calib_ids is not None:
         with stream.embedding() if stream is not None else contextlib.nullcontext():
-            hidden, context = embed_calibration(adapter, model, calib_ids if device is None else calib_ids.to(device), batch_size)
+            hidden, context = embed_calibration(adapter, model, calib_ids if device is None else calib_ids.to(device), batch_size, hidden_policy)
     for i, block in enumerate(blocks):
         if resumed is not None and i < resumed["next_block"]:
             continue
         with stream.block(i, block) if stream is not None else contextlib.nullcontext():
             prefix = adapter.block_prefix(model, i)
-            ctx = BlockContext(i, prefix, block, adapter, hidden, context, (specs or {}).get(prefix, {}), batch_size, None, gen)
+            ctx = BlockContext(i, prefix, block, adapter, hidden, context, (specs or {}).get(prefix, {}), batch_size, None, gen, hidden_policy)
             yield ctx
             if hidden is not None:
                 hidden = ctx.outputs()
@@ -165,16 +169,27 @@ def sequential(
 
 
 @torch.no_grad()
-def embed_calibration(adapter: Adapter, model: nn.Module, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, Any]:
+def embed_calibration(adapter: Adapter, model: nn.Module, ids: torch.Tensor, batch_size: int,
+                      policy: HiddenPolicy | None = None) -> tuple[torch.Tensor, Any]:
     """Hidden states entering block 0 for all calibration ids (in batches), and the context every block needs."""
-    chunks = [adapter.embed(model, b) for b in ids.split(batch_size)]
-    return torch.cat([c[0] for c in chunks]), chunks[0][1]
+    context = []
+
+    def chunks():
+        for b in ids.split(batch_size):
+            x, ctx = adapter.embed(model, b)
+            if not context:
+                context.append(ctx)
+            yield x
+
+    states = fill(chunks(), len(ids), policy)
+    return states, context[0]
 
 
 @torch.no_grad()
-def run_block_batched(adapter: Adapter, block: nn.Module, hidden: torch.Tensor, context: Any, batch_size: int) -> torch.Tensor:
-    """One block over all calibration hidden states: the next block's inputs."""
-    return torch.cat([adapter.run_block(block, x, context) for x in hidden.split(batch_size)])
+def run_block_batched(adapter: Adapter, block: nn.Module, hidden: torch.Tensor, context: Any, batch_size: int,
+                      policy: HiddenPolicy | None = None) -> torch.Tensor:
+    """One block over all calibration hidden states: the next block's inputs (placed by ``policy``)."""
+    return fill((adapter.run_block(block, x, context) for x in hidden.split(batch_size)), len(hidden), policy)
 
 
 def apply_results(linears: dict[str, nn.Linear], results: dict[str, LinearResult]) -> None:
@@ -294,12 +309,14 @@ def prune_model(
     error_samples: int = 8,
     permute: bool = False,
     stream=None,
+    hidden_policy: HiddenPolicy | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place, block by block. Returns what was done, per layer.
 
     With ``stream`` (a :class:`~edgeprune.models.streaming.StreamedModel`) the model lives on the meta device: each
     block is read from the checkpoint before it is pruned and written out and released after, so memory holds one
-    block at a time. The arithmetic is the same either way."""
+    block at a time. ``hidden_policy`` places the calibration hidden states between blocks (None: in memory). The arithmetic
+    is the same either way."""
     start = time.perf_counter()
     specs = resolve_specs(adapter, model, spec, overrides or {})
     if stream is None:
@@ -318,7 +335,7 @@ def prune_model(
         stream.state = lambda: {"layers": [dataclasses.asdict(r) for r in layers], "errors": errors,
                                 "permutations": permutations, "diagnostics": list(getattr(pruner, "diagnostics", []))}
     ids = calib_ids if pruner.needs_calibration or error_samples else None
-    for ctx in sequential(adapter, model, ids, batch_size, device, specs, stream, progress=progress):
+    for ctx in sequential(adapter, model, ids, batch_size, device, specs, stream, progress=progress, hidden_policy=hidden_policy):
         if permute:
             permutations += permute_block(ctx)
         dense_block = ctx.keep_dense_copy()

@@ -18,6 +18,7 @@ import torch
 from edgeprune.data import CalibConfig, calibration_batch
 from edgeprune.errors import EdgepruneError
 from edgeprune.pruning.engine import Pruner, PruneReport, prune_model, resolve_specs
+from edgeprune.pruning.hidden import HiddenPolicy, parse_hidden_memory
 from edgeprune.pruning.registry import PRUNERS
 from edgeprune.sparsity import parse_sparsity
 
@@ -36,6 +37,7 @@ class PruneConfig:
     permute: bool = False  # N:M: reorder input channels first (exactly absorbed) to keep more important weights
     stream: str = "auto"  # on: read/write one block at a time (memory ≈ one block); auto: when the model is over half of free RAM
     dtype: str = "auto"  # storage dtype of the output: auto (the checkpoint's), fp32, bf16 or fp16; the math is fp32
+    hidden_memory: str = "auto"  # GiB the calibration hidden states may take before they spill to a mapped file; auto: ¼ of available
 
 
 STREAM_MODES = ("auto", "on", "off")
@@ -83,6 +85,7 @@ def check_prune(model: str, out: str | Path, config: PruneConfig, overwrite: boo
     spec = parse_sparsity(config.sparsity)
     pruner = make_pruner(config.method, config.options)
     parse_storage_dtype(config.dtype)
+    parse_hidden_memory(config.hidden_memory)
     if config.stream not in STREAM_MODES:
         raise EdgepruneError(f"unknown --stream '{config.stream}'", "use auto, on or off")
     device = resolve_device(config.device)
@@ -112,10 +115,15 @@ def prune(
     calib_ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
     report = prune_model(
         loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
-        permute=config.permute,
+        permute=config.permute, hidden_policy=_hidden_policy(config, out),
     )
     save_pruned(loaded, report, out, config, device, int(calib_ids.numel()), overwrite)
     return report
+
+
+def _hidden_policy(config: PruneConfig, out: str | Path) -> HiddenPolicy:
+    """Calibration hidden states beyond ``--hidden-memory`` spill next to the output (not to /tmp, often in RAM)."""
+    return HiddenPolicy.auto(Path(out).absolute().parent, parse_hidden_memory(config.hidden_memory))
 
 
 def _streams(model: str, config: PruneConfig) -> bool:
@@ -188,7 +196,7 @@ def _prune_streamed(model, out, config: PruneConfig, overwrite, progress, spec, 
             status(f"resuming {out} after block {start - 1} (written by a stopped run)")
         report = prune_model(
             loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
-            permute=config.permute, stream=stream,
+            permute=config.permute, stream=stream, hidden_policy=_hidden_policy(config, out),
         )
         status(f"writing {out}")
         stream.finish()
