@@ -51,8 +51,9 @@ CONFIGS = {
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def make(name: str, dtype: str, out: Path, seed: int = 0) -> None:
+def make(name: str, dtype: str, out: Path, seed: int = 0, layers: int | None = None) -> None:
     """Write a random-weight model of ``name``'s shape, one shard per block, never holding more than one tensor.
+    ``layers`` keeps the widths but changes the depth (a cheap model whose hidden states are those of the real one).
 
     The tokenizer is minilm-l6's (bundled; 30,522 ids, all inside every vocabulary above)."""
     import torch
@@ -63,6 +64,8 @@ def make(name: str, dtype: str, out: Path, seed: int = 0) -> None:
     from edgeprune.specs import bundled_path
 
     params = dict(CONFIGS[name])
+    if layers is not None:
+        params["num_hidden_layers"] = layers
     config = AutoConfig.for_model(params.pop("model_type"), **params, torch_dtype=DTYPES[dtype])
     model = meta_model(config, AutoModelForCausalLM)
     shapes = {n: p.shape for n, p in model.state_dict().items()}
@@ -105,16 +108,20 @@ def make(name: str, dtype: str, out: Path, seed: int = 0) -> None:
     print(f"{out}: {name}, {sum(s.numel() for s in shapes.values()) / 1e9:.2f}B parameters, {total / 2**30:.2f} GiB {dtype}")
 
 
-def _tree_rss(proc) -> int:
+def _tree_rss(proc) -> tuple[int, int]:
+    """RSS of a process and its children, and the anonymous part of it (RSS less file-backed and shared pages: what
+    the kernel cannot page out to a file; memory-mapped spill files and mapped weights are not in it)."""
     import psutil
 
-    total = 0
+    total = anon = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_info()
         except psutil.Error:
-            pass
-    return total
+            continue
+        total += info.rss
+        anon += info.rss - getattr(info, "shared", 0)
+    return total, anon
 
 
 def _size(path: str | None) -> int | None:
@@ -133,15 +140,15 @@ def run_stage(name: str, command: str, interval: float = 0.05) -> dict:
     start = time.perf_counter()
     proc = subprocess.Popen(args)
     ps = psutil.Process(proc.pid)
-    peak = 0
+    peak = peak_anon = 0
     trace: list[tuple[float, float]] = []  # (seconds, GiB) about once a second: which phase of a stage holds the memory
     done = threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal peak, peak_anon
         while not done.is_set():
-            rss = _tree_rss(ps)
-            peak = max(peak, rss)
+            rss, anon = _tree_rss(ps)
+            peak, peak_anon = max(peak, rss), max(peak_anon, anon)
             now = time.perf_counter() - start
             if not trace or now - trace[-1][0] >= 1.0:
                 trace.append((round(now, 1), round(rss / 2**30, 3)))
@@ -155,6 +162,7 @@ def run_stage(name: str, command: str, interval: float = 0.05) -> dict:
     seconds = time.perf_counter() - start
     size = _size(out)
     row = {"stage": name, "command": command, "exit": rc, "seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**30, 3),
+           "peak_anon_gib": round(peak_anon / 2**30, 3),
            "output": out, "output_gib": None if size is None else round(size / 2**30, 3)}
     print(json.dumps(row), flush=True)
     row["rss_trace"] = trace
@@ -169,12 +177,12 @@ def write(rows: list[dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
     (out / "scale.json").write_text(json.dumps({"machine": machine, "stages": rows}, indent=2) + "\n")
-    lines = [f"Machine: {machine}", "", "| stage | wall s | peak RSS GiB | output GiB | bound 2×output+2 GiB | exit |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"Machine: {machine}", "", "| stage | wall s | peak RSS GiB | peak anon GiB | output GiB | bound 2×output+2 GiB | exit |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         bound = "—" if r["output_gib"] is None else f"{2 * r['output_gib'] + 2:.2f}"
         out_gib = "—" if r["output_gib"] is None else f"{r['output_gib']:.2f}"
-        lines.append(f"| {r['stage']} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {out_gib} | {bound} | {r['exit']} |")
+        lines.append(f"| {r['stage']} | {r['seconds']:.0f} | {r['peak_rss_gib']:.2f} | {r.get('peak_anon_gib', float('nan')):.2f} | {out_gib} | {bound} | {r['exit']} |")
     lines += ["", "Commands:", ""] + [f"- {r['stage']}: `{r['command']}`" for r in rows]
     (out / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -187,12 +195,13 @@ def main(argv=None) -> int:
     m.add_argument("name", choices=sorted(CONFIGS))
     m.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--layers", type=int, default=None, help="override the number of blocks (widths unchanged)")
     r = sub.add_parser("run", help="run stages, each NAME=COMMAND, in order; stop at the first that fails")
     r.add_argument("--stage", action="append", required=True)
     r.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.cmd == "make":
-        make(args.name, args.dtype, args.out)
+        make(args.name, args.dtype, args.out, layers=args.layers)
         return 0
     rows = []
     for stage in args.stage:
