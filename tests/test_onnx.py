@@ -855,3 +855,44 @@ def test_large_decoder_int4_checks_against_the_checkpoint_block_by_block(tiny_ll
         assert torch.equal(streamed.linears()[name].weight, linear.weight.detach())
     ids = whole.loaded.tokenizer("a longer prompt for the teacher-forced pass", return_tensors="pt")["input_ids"]
     assert torch.allclose(streamed.logits(ids), whole.loaded.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_large_decoder_gptq_streams_block_by_block_with_the_same_codes(tiny_llama_dir, tmp_path, monkeypatch):
+    """GPTQ int4 of a decoder above LARGE_MODEL_BYTES: the model is never loaded whole (each block is read from the
+    safetensors for its turn, the tied head's table at the end), and every initializer of the int4 graph equals the
+    one the whole-model calibration writes; the head's GPTQ, run a slice of rows at a time, gives the same codes."""
+    import onnx
+    from onnx import numpy_helper
+
+    import edgeprune
+    import edgeprune.models.loading as loading
+    import edgeprune.onnx.quantization as quantization
+    import edgeprune.onnx.workflow as workflow
+
+    src, pruned = tmp_path / "onnx", tmp_path / "pruned"
+    edgeprune.prune(str(tiny_llama_dir), pruned, edgeprune.PruneConfig(method="wanda", sparsity="2:4", calib=edgeprune.CalibConfig(samples=4, seqlen=32)))
+    edgeprune.export(str(pruned), src, edgeprune.ExportConfig(verify=False))
+    config = edgeprune.QuantizeConfig(scheme="int4", method="gptq", calib=edgeprune.CalibConfig(samples=4, seqlen=32))
+    whole = edgeprune.quantize(str(src), tmp_path / "whole", config)
+    monkeypatch.setattr(loading, "load_model", lambda *a, **kw: pytest.fail("the whole model was loaded"))
+    monkeypatch.setattr(workflow, "LARGE_MODEL_BYTES", 0)
+    slices = []
+    real_gptq = quantization.gptq_rows
+
+    def small_slices(table, hessian, cfg):
+        slices.append(table.shape[0])
+        return real_gptq(table, hessian, cfg)
+
+    monkeypatch.setattr(quantization, "gptq_rows", small_slices)
+    monkeypatch.setattr(quantization, "GPTQ_ROWS_BYTES", 7 * 64 * 4)  # 7 rows of the 64-wide head at a time
+    streamed = edgeprune.quantize(str(src), tmp_path / "streamed", config)
+    assert slices and "block by block" in streamed.settings["reference"]
+    assert streamed.settings["method"] == whole.settings["method"] == "gptq"
+    assert streamed.settings["calibrated_layers"] == whole.settings["calibrated_layers"] > 0
+    assert streamed.settings["eight_bit_layers"] == whole.settings["eight_bit_layers"]
+    assert streamed.to_dict()["zeros_preserved"] and streamed.to_dict()["torch_zeros"] == whole.to_dict()["torch_zeros"] > 0
+    a, b = (onnx.load(str(tmp_path / d / "model.onnx")).graph for d in ("whole", "streamed"))
+    inits = {t.name: numpy_helper.to_array(t) for t in a.initializer}
+    assert {t.name for t in b.initializer} == set(inits)
+    for t in b.initializer:
+        assert np.array_equal(numpy_helper.to_array(t), inits[t.name]), t.name

@@ -204,6 +204,26 @@ class StreamedModel:
         finally:
             release(block)
 
+    def read_weight(self, module_name: str, attr: str = "weight") -> torch.Tensor:
+        """One parameter of a module, by module name, in fp32 from the checkpoint (not held by the model)."""
+        key = self.checkpoint.key(f"{module_name}.{attr}", self.prefix)
+        if key is None:
+            raise KeyError(f"{module_name}.{attr}")
+        return self.checkpoint.read([key], torch.float32)[key]
+
+    def read_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output head's weight (a tied head: the token embedding's) and bias, in fp32 from the checkpoint."""
+        model = self.model
+        head = model.get_output_embeddings()
+        name = next(n for n, m in model.named_modules() if m is head)
+        if self.checkpoint.key(name + ".weight", self.prefix) is None:  # tied: the head is the token embedding
+            embedding = model.get_input_embeddings()
+            weight = self.read_weight(next(n for n, m in model.named_modules() if m is embedding))
+        else:
+            weight = self.read_weight(name)
+        bias = self.read_weight(name, "bias") if getattr(head, "bias", None) is not None else None
+        return weight, bias
+
     # --- writing -----------------------------------------------------------------------------------------------
     def _shard_name(self, index: int) -> str:
         return f"model-{index + 1:05d}-of-{self.n_blocks + 1:05d}.safetensors"

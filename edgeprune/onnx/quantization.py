@@ -93,7 +93,7 @@ def _packed(grid, block: int) -> tuple[np.ndarray, np.ndarray]:
     return codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32)
 
 
-def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
+def calibrate_int4(loaded, config: QuantizeConfig, stream=None) -> CalibratedInt4:
     """Calibrated int4 codes for every prunable linear: GPTQ, block by block, on the model's own outputs.
 
     Each block's linears are quantised from Hessians of their inputs (calibration text run through the
@@ -103,6 +103,10 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     they fit in ``config.eight_bit_budget`` of the parameters; a stage (linears that read the same input, such
     as q/k/v) moves as one, so it keeps one bit width and stays packable. With a 4-bit head, a tied LM head gets
     GPTQ codes from the final hidden states, which the embedding lookup then shares. The loaded model is not changed.
+
+    With ``stream`` (a :class:`~edgeprune.models.streaming.StreamedModel` without an output folder, over the meta-device
+    ``loaded.model``) each block is read from the checkpoint for its turn and released after: memory holds one block,
+    the calibration hidden states and, for the head, the embedding table. The codes are the same either way.
     """
     from edgeprune.data import calibration_batch
     from edgeprune.pruning.engine import sequential
@@ -110,7 +114,9 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
 
     # GPTQ works in place on the loaded model, one block at a time: a block's quantised weights are what the next
     # block's calibration inputs pass through, and its original weights come back as soon as those inputs exist, so
-    # memory holds the model plus one block's originals (not a second model).
+    # memory holds the model plus one block's originals (not a second model). Streamed, the block is simply released.
+    import contextlib
+
     model = loaded.model.float().eval()
     adapter = loaded.adapter
     ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
@@ -127,7 +133,8 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
     try:
         with torch.no_grad():
             # one batch of every calibration sequence: GPTQ's Hessians and the propagation see them all at once
-            for ctx in sequential(adapter, model, ids, batch_size=len(ids), progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
+            for ctx in sequential(adapter, model, ids, batch_size=len(ids), stream=stream,
+                                  progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
                 restore()  # the previous block: its quantised outputs are this block's inputs now
                 stages = adapter.stages(ctx.block)
                 stats = [Hessian(next(iter(stage.values())).in_features) for stage in stages]
@@ -141,14 +148,19 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
                         new, grid = gptq_int4(weight, hessian, config.block_size, config.act_order, config.damp)
                         delta, hd = (new - weight).double(), hessian.double()
                         errors[f"{ctx.prefix}.{name}"] = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
-                        held[linear] = weight
+                        if stream is None:
+                            held[linear] = weight
                         linear.weight.data = new
                         out.layers[f"{ctx.prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
                 last = ctx
             hidden = last.outputs()  # the final hidden states (computed once, by the pipeline's propagation)
     finally:
         restore()
-    originals = {name: linear.weight.detach() for name, linear in adapter.prunable_linears(model).items()}
+    linears = adapter.prunable_linears(model)
+
+    def original(name: str) -> torch.Tensor:  # a linear's weight as loaded (restored above, or from the checkpoint)
+        return linears[name].weight.detach() if stream is None else stream.read_weight(name)
+
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = head is not None and getattr(model.config, "tie_word_embeddings", False)
     norm = getattr(model.get_decoder(), "norm", None) if hasattr(model, "get_decoder") else None
@@ -157,21 +169,39 @@ def calibrate_int4(loaded, config: QuantizeConfig) -> CalibratedInt4:
         # output), which the loop above computed); the embedding lookup shares the table. A decoder whose final norm
         # is not `norm` keeps round-to-nearest head codes.
         h = Hessian(head.in_features)
-        with torch.no_grad():
+        with torch.no_grad(), stream.embedding() if stream is not None else contextlib.nullcontext():  # the final norm
             for k in range(0, hidden.shape[0], 8):
                 h.add(norm(hidden[k:k + 8]))
-        _, grid = gptq_int4(head.weight.data.float(), h.value, config.block_size, config.act_order, config.damp)
-        out.head = _packed(grid, config.block_size)
-    budget = config.eight_bit_budget * sum(w.numel() for w in originals.values())
+        table = head.weight.data.float() if stream is None else stream.read_head()[0]
+        out.head = gptq_rows(table, h.value, config)
+        del table
+    budget = config.eight_bit_budget * sum(linear.weight.numel() for linear in linears.values())
     groups = [[n for n in group if n in errors] for group in stage_groups(loaded)]
     for group in sorted((g for g in groups if g), key=lambda g: max(errors[n] for n in g), reverse=True):
-        size = sum(originals[n].numel() for n in group)
+        size = sum(linears[n].weight.numel() for n in group)
         if size <= budget:
             budget -= size
             for name in group:
-                codes, scales = quantize_rows(originals[name].float().numpy(), config.block_size, 8)
+                codes, scales = quantize_rows(original(name).float().numpy(), config.block_size, 8)
                 out.layers[name] = (codes, scales.astype(np.float32), 8)
     return out
+
+
+#: GPTQ rows of a table at a time: its working copies (weight, update, masks) stay near this size
+GPTQ_ROWS_BYTES = 256 * 2**20
+
+
+def gptq_rows(table: torch.Tensor, hessian: torch.Tensor, config: QuantizeConfig) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ int4 codes of a large table (a tied head) as MatMulNBits bytes and scales, a slice of rows at a time.
+
+    Rows are independent in GPTQ (one Hessian, each row's error spread along its own columns), so slicing changes
+    only how much is in memory: a 1B model's 128k × 2048 head is ~1 GB in fp32, and GPTQ's copies of it would be ~4."""
+    from edgeprune.pruning.kernels import gptq_int4
+
+    step = max(1, GPTQ_ROWS_BYTES // (table.shape[1] * 4))
+    parts = [_packed(gptq_int4(table[r : r + step], hessian, config.block_size, config.act_order, config.damp)[1], config.block_size)
+             for r in range(0, table.shape[0], step)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tuple[np.ndarray, np.ndarray, int]], block: int) -> int:

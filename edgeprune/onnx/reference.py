@@ -87,15 +87,7 @@ class StreamedReference:
                 hidden = adapter.run_block(block, hidden, context)
         with stream.embedding():  # the final norm is part of the stem
             hidden = model.get_decoder().norm(hidden)
-        head = model.get_output_embeddings()
-        name = next(n for n, m in model.named_modules() if m is head)
-        key = stream.checkpoint.key(name + ".weight", stream.prefix)
-        if key is None:  # tied: the head is the token embedding
-            embedding = model.get_input_embeddings()
-            key = stream.checkpoint.key(next(n for n, m in model.named_modules() if m is embedding) + ".weight", stream.prefix)
-        bias = stream.checkpoint.key(name + ".bias", stream.prefix) if getattr(head, "bias", None) is not None else None
-        tensors = stream.checkpoint.read([key] + ([bias] if bias else []), torch.float32)
-        return torch.nn.functional.linear(hidden, tensors[key], tensors[bias] if bias else None)
+        return torch.nn.functional.linear(hidden, *stream.read_head())
 
     def quality(self, graph: Path, new_tokens: int, atol: float, pooling: bool) -> dict:
         ids = self.loaded.tokenizer(PROMPT, return_tensors="pt")["input_ids"]

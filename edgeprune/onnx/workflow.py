@@ -194,8 +194,8 @@ def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_
     """Write the quantised graph to ``dst``, check the pruned zeros in it, and measure it against PyTorch.
 
     ``reference()`` gives the PyTorch side (:mod:`edgeprune.onnx.reference`); it is first asked for after the graph is
-    written (GPTQ: before, as its calibration needs the whole model), so the model and the graph rewrite need not share
-    memory. ``groups``: the prunable linears
+    written (GPTQ: before, as its calibration needs the model; streamed, block by block), so the model and the graph
+    rewrite need not share memory. ``groups``: the prunable linears
     by the input they read (:func:`~edgeprune.onnx.quantization.stage_groups`)."""
     from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph
 
@@ -204,7 +204,8 @@ def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_
     codes = None
     if q.scheme == "int4" and q.method == "gptq" and q.symmetric:
         start = time.perf_counter()
-        codes = calibrate_int4(reference().loaded, q)
+        ref = reference()
+        codes = calibrate_int4(ref.loaded, q, stream=getattr(ref, "stream", None))
         gptq_seconds = round(time.perf_counter() - start, 1)
     status(f"writing the {q.scheme} graph")
     packing = [[fp32_inits[n] for n in group] for group in groups if all(n in fp32_inits for n in group)]
@@ -277,10 +278,11 @@ def quantize(onnx_dir: str | Path, out: str | Path, config: QuantizeConfig = Qua
         check_text(config.calib.source, "calib", config.calib.tokens)
     source = exported["source"]
     skeleton = model_skeleton(source)
-    # The PyTorch side (zero checks, quality): the whole model in fp32; for a decoder whose graph is too large for
-    # protobuf (weights in external data, above LARGE_MODEL_BYTES) and no GPTQ to run, read block by block from its
-    # safetensors instead (a 1B model: one block in memory, not 5 GB).
-    streamed = (not gptq and skeleton is not None and skeleton[1].task == "text-generation"
+    # The PyTorch side (GPTQ calibration, zero checks, quality): the whole model in fp32; for a decoder whose graph is
+    # too large for protobuf (weights in external data, above LARGE_MODEL_BYTES), read block by block from its
+    # safetensors instead (a 1B model: one block in memory, not 5 GB) unless GPTQ calibrates on text the whole model
+    # samples (--calib self).
+    streamed = (skeleton is not None and skeleton[1].task == "text-generation" and not (gptq and config.calib.source == "self")
                 and sum(check_external_data(onnx_path).values()) >= LARGE_MODEL_BYTES and stream_source(source) is not None)
     held: dict = {}
 
