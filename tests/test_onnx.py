@@ -896,3 +896,23 @@ def test_large_decoder_gptq_streams_block_by_block_with_the_same_codes(tiny_llam
     assert {t.name for t in b.initializer} == set(inits)
     for t in b.initializer:
         assert np.array_equal(numpy_helper.to_array(t), inits[t.name]), t.name
+
+
+def test_gptq_calibration_batches_follow_the_block_width(tiny_llama_dir):
+    """All sequences in one batch while the widest activation is small; a wide block takes fewer per batch."""
+    import edgeprune.onnx.quantization as quantization
+    from edgeprune.models.loading import load_model
+
+    loaded = load_model(str(tiny_llama_dir))
+    ids = torch.zeros(32, 512, dtype=torch.long)
+    assert quantization.calibration_rows(loaded.adapter, loaded.model, ids) == 32
+    width = max(l.out_features for l in loaded.adapter.block_linears(loaded.adapter.blocks(loaded.model)[0]).values())
+    per_row = 4 * width * 512
+    old = quantization.CALIBRATION_ACTIVATION_BYTES
+    try:
+        quantization.CALIBRATION_ACTIVATION_BYTES = 8 * per_row + 1
+        assert quantization.calibration_rows(loaded.adapter, loaded.model, ids) == 8
+        quantization.CALIBRATION_ACTIVATION_BYTES = 1
+        assert quantization.calibration_rows(loaded.adapter, loaded.model, ids) == 1
+    finally:
+        quantization.CALIBRATION_ACTIVATION_BYTES = old

@@ -132,13 +132,13 @@ def calibrate_int4(loaded, config: QuantizeConfig, stream=None) -> CalibratedInt
     status("GPTQ int4 codes (blocks)", 0, len(adapter.blocks(model)))
     try:
         with torch.no_grad():
-            # one batch of every calibration sequence: GPTQ's Hessians and the propagation see them all at once
-            for ctx in sequential(adapter, model, ids, batch_size=len(ids), stream=stream,
+            for ctx in sequential(adapter, model, ids, batch_size=calibration_rows(adapter, model, ids), stream=stream,
                                   progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
                 restore()  # the previous block: its quantised outputs are this block's inputs now
                 stages = adapter.stages(ctx.block)
                 stats = [Hessian(next(iter(stage.values())).in_features) for stage in stages]
-                adapter.read_inputs(ctx.block, ctx.inputs, ctx.context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
+                for x in ctx.batches():
+                    adapter.read_inputs(ctx.block, x, ctx.context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
                 for stage, h in zip(stages, stats):
                     hessian = h.value
                     for name, linear in stage.items():
@@ -185,6 +185,19 @@ def calibrate_int4(loaded, config: QuantizeConfig, stream=None) -> CalibratedInt
                 codes, scales = quantize_rows(original(name).float().numpy(), config.block_size, 8)
                 out.layers[name] = (codes, scales.astype(np.float32), 8)
     return out
+
+
+#: what one of a calibration batch's widest activations may take (a block holds several at once)
+CALIBRATION_ACTIVATION_BYTES = 128 * 2**20
+
+
+def calibration_rows(adapter, model, ids: torch.Tensor) -> int:
+    """Calibration sequences per batch in GPTQ: all of them while the block's widest activation (the MLP's, in fp32)
+    stays under :data:`CALIBRATION_ACTIVATION_BYTES` (SmolLM2-135M at 32 × 512 tokens: 100 MB, one batch, as before),
+    fewer for wide models (a 1B's MLP at 32 × 512 tokens: 0.5 GB per activation, and a block holds several; 8 rows)."""
+    width = max(linear.out_features for linear in adapter.block_linears(adapter.blocks(model)[0]).values())
+    tokens = CALIBRATION_ACTIVATION_BYTES // (4 * width)
+    return max(1, min(len(ids), tokens // ids.shape[1]))
 
 
 #: GPTQ rows of a table at a time: its working copies (weight, update, masks) stay near this size
