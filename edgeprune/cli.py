@@ -494,6 +494,8 @@ def quantize(
     head_bits: int = typer.Option(4, help="int4: bits for the embedding / LM head table, shared when tied (4 or 8)"),
     method: str = typer.Option("gptq", help="int4: gptq (calibrated on --calib text, pruned zeros held) or rtn (round to nearest)"),
     calib: str = typer.Option("pydoc", help="int4 gptq: " + CALIB_HELP),
+    samples: int = typer.Option(32, help="int4 gptq: calibration sequences"),
+    seqlen: int = typer.Option(512, help="int4 gptq: tokens per calibration sequence"),
     act_order: bool = typer.Option(True, help="int4 gptq: quantise columns by decreasing input energy (static group scales)"),
     damp: float = typer.Option(0.01, help="int4 gptq: Hessian dampening, as a fraction of its mean diagonal"),
     eight_bit_budget: float = typer.Option(0.0, help="int4 gptq: share of linear weights that may stay 8-bit (worst stages first)"),
@@ -508,7 +510,7 @@ def quantize(
 
     from edgeprune.data import CalibConfig
 
-    config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib), head_bits=head_bits,
+    config = QuantizeConfig(scheme, block_size, symmetric, quantize_head, method=method, calib=CalibConfig(calib, samples, seqlen), head_bits=head_bits,
                             act_order=act_order, damp=damp, eight_bit_budget=eight_bit_budget, pack=pack, accuracy_level=accuracy_level)
     _set_threads(threads)
     with _Display():

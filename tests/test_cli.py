@@ -318,6 +318,7 @@ def _field_default(cls, path: str):
                                                  "torch_device": "device", "permute": "permute",
                                                  "stream": "stream", "dtype": "dtype", "hidden_memory": "hidden_memory"}),
     ("quantize", "edgeprune.onnx:QuantizeConfig", {"scheme": "scheme", "block_size": "block_size", "symmetric": "symmetric",
+                                                   "samples": "calib.samples", "seqlen": "calib.seqlen",
                                                    "quantize_head": "head", "head_bits": "head_bits", "method": "method",
                                                    "calib": "calib.source", "act_order": "act_order", "damp": "damp",
                                                    "eight_bit_budget": "eight_bit_budget", "pack": "pack",
