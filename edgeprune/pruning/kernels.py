@@ -90,10 +90,12 @@ def _damped_inverse_cholesky(hessian: torch.Tensor, weight: torch.Tensor, percda
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     weight[:, dead] = 0
-    H += torch.eye(H.shape[0], dtype=H.dtype, device=H.device) * (percdamp * torch.diag(H).mean())
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    return torch.linalg.cholesky(Hinv, upper=True).float()
+    H.diagonal().add_(percdamp * torch.diag(H).mean())
+    # each step replaces H, so at most two d × d fp64 matrices live at once (a 1B's down_proj: 8192², 0.5 GB each)
+    H = torch.linalg.cholesky(H)
+    H = torch.cholesky_inverse(H)
+    H = torch.linalg.cholesky(H, upper=True)
+    return H.float()
 
 
 class Int4Grid:
