@@ -866,6 +866,7 @@ def test_large_decoder_gptq_streams_block_by_block_with_the_same_codes(tiny_llam
 
     import edgeprune
     import edgeprune.models.loading as loading
+    import edgeprune.onnx.graph as graph
     import edgeprune.onnx.quantization as quantization
     import edgeprune.onnx.workflow as workflow
 
@@ -876,17 +877,21 @@ def test_large_decoder_gptq_streams_block_by_block_with_the_same_codes(tiny_llam
     whole = edgeprune.quantize(str(src), tmp_path / "whole", config)
     monkeypatch.setattr(loading, "load_model", lambda *a, **kw: pytest.fail("the whole model was loaded"))
     monkeypatch.setattr(workflow, "LARGE_MODEL_BYTES", 0)
-    slices = []
-    real_gptq = quantization.gptq_rows
+    slices, read = [], []
+    real_gptq, real_copy = quantization.gptq_rows, graph.loaded_copy
 
     def small_slices(table, hessian, cfg):
-        slices.append(table.shape[0])
+        slices.append((table.shape[0], isinstance(table, torch.Tensor)))
         return real_gptq(table, hessian, cfg)
 
     monkeypatch.setattr(quantization, "gptq_rows", small_slices)
     monkeypatch.setattr(quantization, "GPTQ_ROWS_BYTES", 7 * 64 * 4)  # 7 rows of the 64-wide head at a time
+    monkeypatch.setattr(graph, "loaded_copy", lambda tensor, base: read.append(tensor.name) or real_copy(tensor, base))
     streamed = edgeprune.quantize(str(src), tmp_path / "streamed", config)
-    assert slices and "block by block" in streamed.settings["reference"]
+    assert slices == [(json.loads((pruned / "config.json").read_text())["vocab_size"], False)]  # the head table: read a slice at a time, never whole
+    floats = {l["initializer"] for l in json.loads((src / "edgeprune.json").read_text())["export"]["sparsity"]["layers"]}
+    assert floats and not floats & set(read)  # every MatMul had calibrated codes: no float weight was read to round it
+    assert "block by block" in streamed.settings["reference"]
     assert streamed.settings["method"] == whole.settings["method"] == "gptq"
     assert streamed.settings["calibrated_layers"] == whole.settings["calibrated_layers"] > 0
     assert streamed.settings["eight_bit_layers"] == whole.settings["eight_bit_layers"]

@@ -248,6 +248,26 @@ def test_hidden_states_spilled_to_a_mapped_file_give_the_same_prune(tiny_tokeniz
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in-memory", "spilled", "src"]
 
 
+@pytest.mark.parametrize("stored, kept", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                          (torch.float16, torch.bfloat16)])
+@pytest.mark.parametrize("stream", ["off", "on"])
+def test_hidden_states_are_kept_in_the_model_dtype(tiny_tokenizer, tmp_path, monkeypatch, stored, kept, stream):
+    """Between blocks the calibration hidden states take the checkpoint's dtype (fp16's as bf16, whose range is
+    fp32's), whole or streamed, spilled or not; the blocks still compute in fp32."""
+    from edgeprune.pruning import engine
+
+    src = _save(make_tiny_llama(len(tiny_tokenizer), num_hidden_layers=2), tiny_tokenizer, tmp_path / "src", dtype=stored)
+    buffers, computed = [], set()
+    real_fill, real_cast = engine.fill, engine.as_block_input
+    monkeypatch.setattr(engine, "fill", lambda *a: (lambda out: buffers.append(out.dtype) or out)(real_fill(*a)))
+    monkeypatch.setattr(engine, "as_block_input", lambda x, block: (lambda y: computed.add(y.dtype) or y)(real_cast(x, block)))
+    for memory in ("auto", "0"):
+        prune(str(src), tmp_path / memory, PruneConfig(method="wanda", calib=CALIB, stream=stream, hidden_memory=memory))
+    assert buffers == [kept] * 2 * 3 and computed == {torch.float32}  # embedding + 2 blocks' outputs, per run
+    a, b = _tensors(tmp_path / "auto"), _tensors(tmp_path / "0")
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_a_mapped_buffer_reads_back_and_leaves_no_file(tmp_path):
     from edgeprune.pruning.hidden import HiddenPolicy, fill
 

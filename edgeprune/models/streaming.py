@@ -103,6 +103,11 @@ class Checkpoint:
         return sum(f.stat().st_size for f in set(self.files.values()))
 
 
+def model_dtype(folder: Path | None) -> torch.dtype:
+    """The dtype a model's weights are stored in: a safetensors folder's, else fp32 (GGUF is converted to fp32)."""
+    return Checkpoint(folder).storage_dtype() if Checkpoint.available(folder) else torch.float32
+
+
 def meta_model(config, model_cls) -> nn.Module:
     """The model's modules with parameters on the meta device and buffers (rotary frequencies, ids) real."""
     from accelerate import init_empty_weights
@@ -128,6 +133,16 @@ def release(module: nn.Module) -> None:
         for attr, p in list(sub._parameters.items()):
             if p is not None and p.device.type != "meta":
                 sub._parameters[attr] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta"), requires_grad=p.requires_grad)
+
+
+class _Rows:
+    """Rows of one checkpoint tensor, read (in fp32) only when sliced."""
+
+    def __init__(self, piece):
+        self.piece, self.shape = piece, tuple(piece.get_shape())
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self.piece[rows].float()
 
 
 class StreamedModel:
@@ -211,18 +226,32 @@ class StreamedModel:
             raise KeyError(f"{module_name}.{attr}")
         return self.checkpoint.read([key], torch.float32)[key]
 
-    def read_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The output head's weight (a tied head: the token embedding's) and bias, in fp32 from the checkpoint."""
+    def _head_names(self) -> tuple[str, str]:
+        """(the head module's name, the module whose weight it reads: itself, or for a tied head the token embedding)."""
         model = self.model
         head = model.get_output_embeddings()
         name = next(n for n, m in model.named_modules() if m is head)
-        if self.checkpoint.key(name + ".weight", self.prefix) is None:  # tied: the head is the token embedding
-            embedding = model.get_input_embeddings()
-            weight = self.read_weight(next(n for n, m in model.named_modules() if m is embedding))
-        else:
-            weight = self.read_weight(name)
-        bias = self.read_weight(name, "bias") if getattr(head, "bias", None) is not None else None
-        return weight, bias
+        if self.checkpoint.key(name + ".weight", self.prefix) is not None:
+            return name, name
+        embedding = model.get_input_embeddings()
+        return name, next(n for n, m in model.named_modules() if m is embedding)
+
+    def read_head(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The output head's weight (a tied head: the token embedding's) and bias, in fp32 from the checkpoint."""
+        name, source = self._head_names()
+        bias = self.read_weight(name, "bias") if getattr(self.model.get_output_embeddings(), "bias", None) is not None else None
+        return self.read_weight(source), bias
+
+    @contextlib.contextmanager
+    def head_rows(self):
+        """The output head's weight as a table read on demand: ``table[a:b]`` reads those rows from the checkpoint in
+        fp32, ``table.shape`` is its shape (a 1B's tied head: 1 GB in fp32, never whole in memory this way)."""
+        from safetensors import safe_open
+
+        key = self.checkpoint.key(self._head_names()[1] + ".weight", self.prefix)
+        with safe_open(self.checkpoint.files[key], framework="pt") as fh:
+            yield _Rows(fh.get_slice(key))
+
 
     # --- writing -----------------------------------------------------------------------------------------------
     def _shard_name(self, index: int) -> str:

@@ -93,7 +93,18 @@ def _packed(grid, block: int) -> tuple[np.ndarray, np.ndarray]:
     return codes[..., 0::2] | (codes[..., 1::2] << 4), grid.scales.numpy().astype(np.float32)
 
 
-def calibrate_int4(loaded, config: QuantizeConfig, stream=None) -> CalibratedInt4:
+def _gptq_linear(weight: torch.Tensor, hessian: torch.Tensor, config: QuantizeConfig):
+    """One linear's GPTQ: its new (dequantised) weight, packed codes and scales, and the relative output error
+    ‖ΔW X‖² / ‖W X‖² (in fp64). Its temporaries (fp64 copies of the Hessian: 0.5 GB for a 1B's down_proj) end here."""
+    from edgeprune.pruning.kernels import gptq_int4
+
+    new, grid = gptq_int4(weight, hessian, config.block_size, config.act_order, config.damp)
+    delta, hd = (new - weight).double(), hessian.double()
+    error = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
+    return new, _packed(grid, config.block_size), error
+
+
+def calibrate_int4(loaded, config: QuantizeConfig, stream=None, hidden_policy=None) -> CalibratedInt4:
     """Calibrated int4 codes for every prunable linear: GPTQ, block by block, on the model's own outputs.
 
     Each block's linears are quantised from Hessians of their inputs (calibration text run through the
@@ -107,15 +118,16 @@ def calibrate_int4(loaded, config: QuantizeConfig, stream=None) -> CalibratedInt
     With ``stream`` (a :class:`~edgeprune.models.streaming.StreamedModel` without an output folder, over the meta-device
     ``loaded.model``) each block is read from the checkpoint for its turn and released after: memory holds one block,
     the calibration hidden states and, for the head, the embedding table. The codes are the same either way.
+    ``hidden_policy`` (:class:`~edgeprune.pruning.hidden.HiddenPolicy`) places and types the hidden states between blocks.
     """
     from edgeprune.data import calibration_batch
     from edgeprune.pruning.engine import sequential
-    from edgeprune.pruning.kernels import Hessian, gptq_int4
+    from edgeprune.pruning.hidden import as_block_input
+    from edgeprune.pruning.kernels import Hessian
 
     # GPTQ works in place on the loaded model, one block at a time: a block's quantised weights are what the next
     # block's calibration inputs pass through, and its original weights come back as soon as those inputs exist, so
     # memory holds the model plus one block's originals (not a second model). Streamed, the block is simply released.
-    import contextlib
 
     model = loaded.model.float().eval()
     adapter = loaded.adapter
@@ -133,26 +145,25 @@ def calibrate_int4(loaded, config: QuantizeConfig, stream=None) -> CalibratedInt
     try:
         with torch.no_grad():
             for ctx in sequential(adapter, model, ids, batch_size=calibration_rows(adapter, model, ids), stream=stream,
-                                  progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
+                                  hidden_policy=hidden_policy, progress=lambda done, total: status("GPTQ int4 codes (blocks)", done, total)):
                 restore()  # the previous block: its quantised outputs are this block's inputs now
                 stages = adapter.stages(ctx.block)
                 stats = [Hessian(next(iter(stage.values())).in_features) for stage in stages]
                 for x in ctx.batches():
                     adapter.read_inputs(ctx.block, x, ctx.context, {next(iter(stage)): h.add for stage, h in zip(stages, stats)})
-                for stage, h in zip(stages, stats):
-                    hessian = h.value
-                    h.sum = None  # the fp64 running sum (0.5 GB for a 1B's down_proj) is not needed past here
+                for k, stage in enumerate(stages):
+                    hessian = stats[k].value
+                    stats[k] = None  # the fp64 running sum (0.5 GB for a 1B's down_proj) is not needed past here
                     for name, linear in stage.items():
                         weight = linear.weight.data
                         if weight.shape[1] % config.block_size:
                             continue  # ORT pads such a layer; it keeps round-to-nearest codes
-                        new, grid = gptq_int4(weight, hessian, config.block_size, config.act_order, config.damp)
-                        delta, hd = (new - weight).double(), hessian.double()
-                        errors[f"{ctx.prefix}.{name}"] = float((delta @ hd * delta).sum() / (weight.double() @ hd * weight.double()).sum().clamp_min(1e-30))
+                        new, packed, errors[f"{ctx.prefix}.{name}"] = _gptq_linear(weight, hessian, config)
                         if stream is None:
                             held[linear] = weight
                         linear.weight.data = new
-                        out.layers[f"{ctx.prefix}.{name}"] = (*_packed(grid, config.block_size), 4)
+                        out.layers[f"{ctx.prefix}.{name}"] = (*packed, 4)
+                    del hessian  # nothing of a stage outlives it: a 1B block would otherwise keep ~1 GB to the next
                 last = ctx
             hidden = last.outputs()  # the final hidden states (computed once, by the pipeline's propagation)
     finally:
@@ -172,10 +183,9 @@ def calibrate_int4(loaded, config: QuantizeConfig, stream=None) -> CalibratedInt
         h = Hessian(head.in_features)
         with torch.no_grad(), stream.embedding() if stream is not None else contextlib.nullcontext():  # the final norm
             for k in range(0, hidden.shape[0], 8):
-                h.add(norm(hidden[k:k + 8]))
-        table = head.weight.data.float() if stream is None else stream.read_head()[0]
-        out.head = gptq_rows(table, h.value, config)
-        del table
+                h.add(norm(as_block_input(hidden[k:k + 8], norm)))
+        with stream.head_rows() if stream is not None else contextlib.nullcontext(head.weight.data.float()) as table:
+            out.head = gptq_rows(table, h.value, config)
     budget = config.eight_bit_budget * sum(linear.weight.numel() for linear in linears.values())
     groups = [[n for n in group if n in errors] for group in stage_groups(loaded)]
     for group in sorted((g for g in groups if g), key=lambda g: max(errors[n] for n in g), reverse=True):
@@ -202,14 +212,16 @@ def calibration_rows(adapter, model, ids: torch.Tensor) -> int:
 
 
 #: GPTQ rows of a table at a time: its working copies (weight, update, masks) stay near this size
-GPTQ_ROWS_BYTES = 256 * 2**20
+GPTQ_ROWS_BYTES = 64 * 2**20  # a 1B's head: 16 slices; a slice's GPTQ takes ~6× this (256 MB: +2 GB measured)
 
 
-def gptq_rows(table: torch.Tensor, hessian: torch.Tensor, config: QuantizeConfig) -> tuple[np.ndarray, np.ndarray]:
+def gptq_rows(table, hessian: torch.Tensor, config: QuantizeConfig) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ int4 codes of a large table (a tied head) as MatMulNBits bytes and scales, a slice of rows at a time.
 
     Rows are independent in GPTQ (one Hessian, each row's error spread along its own columns), so slicing changes
-    only how much is in memory: a 1B model's 128k × 2048 head is ~1 GB in fp32, and GPTQ's copies of it would be ~4."""
+    only how much is in memory: a 1B model's 128k × 2048 head is ~1 GB in fp32, and GPTQ's copies of it would be ~4.
+    ``table``: a tensor, or anything with ``shape`` whose row slices are fp32 tensors (a table read on demand,
+    :meth:`~edgeprune.models.streaming.StreamedModel.head_rows`)."""
     from edgeprune.pruning.kernels import gptq_int4
 
     step = max(1, GPTQ_ROWS_BYTES // (table.shape[1] * 4))
@@ -218,29 +230,42 @@ def gptq_rows(table: torch.Tensor, hessian: torch.Tensor, config: QuantizeConfig
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def replace_int4_weights(model, layers: dict[str, str], computed: dict[str, tuple[np.ndarray, np.ndarray, int]], block: int) -> int:
-    """Put computed codes and scales (4 or 8 bits) into the MatMulNBits nodes ORT's quantiser made; returns layers replaced."""
+def calibrated_matmuls(model, layers: dict[str, str], computed: dict[str, tuple[np.ndarray, np.ndarray, int]], block: int,
+                       accuracy_level: int = 0) -> int:
+    """Turn each MatMul whose float weight has calibrated codes into the MatMulNBits (4 or 8 bits) ONNX Runtime's
+    quantiser would write, with those codes; returns how many. ``computed`` (layer → packed codes, scales, bits) is
+    consumed: each entry goes once its codes are in the graph, so the codes are never held twice (a 1B: ~0.6 GB)."""
     from onnx import helper, numpy_helper
 
-    inits = {t.name: t for t in model.graph.initializer}
-    nodes = {n.input[1]: n for n in model.graph.node if n.op_type == "MatMulNBits"}
-    done = 0
-    for layer, (packed, scales, bits) in computed.items():
-        init = layers.get(layer)
-        node = nodes.get(f"{init}_Q4") if init else None
-        if node is None or len(node.input) > 3 and node.input[3]:
-            continue  # not quantised, or asymmetric (zero points): keep ORT's codes
-        attrs = {a.name: a.i for a in node.attribute}
-        if attrs.get("block_size") != block or (attrs["N"], attrs["K"]) != (packed.shape[0], packed.shape[1] * block):
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    by_init = {init: layer for layer, init in layers.items() if layer in computed}
+    done, nodes, dropped = 0, [], set()
+    for node in graph.node:
+        layer = by_init.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        weight = inits.get(node.input[1]) if layer else None
+        if weight is None or len(weight.dims) != 2:
+            nodes.append(node)
             continue
-        b, sc = inits[node.input[1]], inits[node.input[2]]
-        b.CopyFrom(numpy_helper.from_array(packed.reshape(attrs["N"], attrs["K"] // block, -1), b.name))
-        sc.CopyFrom(numpy_helper.from_array(scales.reshape(numpy_helper.to_array(sc).shape), sc.name))
-        if bits != attrs.get("bits", 4):
-            kept = [a for a in node.attribute if a.name != "bits"]
-            node.ClearField("attribute")
-            node.attribute.extend(kept + [helper.make_attribute("bits", bits)])
+        k, n = weight.dims
+        packed, scales, bits = computed.pop(layer)
+        if (packed.shape[0], packed.shape[1] * block) != (n, k):
+            raise RuntimeError(f"calibrated codes of {layer} are {packed.shape}, its weight {k} × {n}")  # a bug, not input
+        init = node.input[1]
+        graph.initializer.extend([numpy_helper.from_array(packed.reshape(n, k // block, -1), f"{init}_Q4"),
+                                  numpy_helper.from_array(np.ascontiguousarray(scales.reshape(n, k // block), np.float32), f"{init}_scales")])
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{init}_Q4", f"{init}_scales"], list(node.output),
+                                      name=node.name + "_Q4" if node.name else "", domain="com.microsoft", K=k, N=n, bits=bits,
+                                      block_size=block, **({"accuracy_level": accuracy_level} if accuracy_level else {})))
+        dropped.add(init)
         done += 1
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    still = {i for node in graph.node for i in node.input}
+    for t in [t for t in graph.initializer if t.name in dropped and t.name not in still]:
+        graph.initializer.remove(t)
+    if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return done
 
 
@@ -250,8 +275,8 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
     """Write a weight-quantised copy of ``src`` to ``dst``; returns what :func:`quantize_token_embedding` did (if
     anything) and how many packed MatMulNBits were written.
 
-    ``calibrated`` = (layer → initializer, codes) replaces the round-to-nearest int4 codes of those layers
-    (and of a tied head) with calibrated ones (see :func:`calibrate_int4`). ``packing``: int4 only, groups of
+    ``calibrated`` = (layer → initializer, codes) gives those layers (and a tied head) calibrated codes instead of
+    round-to-nearest ones (see :func:`calibrate_int4`); its layer codes are consumed (:func:`calibrated_matmuls`). ``packing``: int4 only, groups of
     float initializer names read by the same input, each packed into one MatMulNBits (:func:`pack_matmuls`)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -285,7 +310,15 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
 
     # The graph without its external data: each MatMul's weight is read just before ORT's quantiser takes it and let go
     # right after, so a 1B model's 5.6 GB of fp32 weights are never all in memory (only the int4 codes pile up).
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(src), load_external_data=False), bits=4, block_size=config.block_size,
+    # Calibrated layers get their MatMulNBits first (their float weights are never read); ORT's quantiser does the rest.
+    graph = onnx.load(str(src), load_external_data=False)
+    if calibrated is not None:
+        layers, codes = calibrated
+        expected = len(codes.layers)
+        replaced = calibrated_matmuls(graph, layers, codes.layers, config.block_size, config.accuracy_level)
+        if replaced != expected:
+            raise RuntimeError(f"calibrated int4 codes fit {replaced} of {expected} MatMul layers")  # a bug, not input
+    quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=config.block_size,
                                      is_symmetric=config.symmetric, accuracy_level=config.accuracy_level or None)
     log = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
     level = log.level
@@ -298,11 +331,6 @@ def quantize_graph(src: Path, dst: Path, config: QuantizeConfig, external_data: 
     head = quantize_token_embedding(quantizer.model.model, config.block_size, config.accuracy_level, config.head_bits,
                                     calibrated[1].head if calibrated else None, src.parent) if config.head else None
     load_external_data_for_model(quantizer.model.model, str(src.parent))  # what is left: norms, biases (a kept fp32 table)
-    if calibrated is not None:
-        layers, codes = calibrated
-        replaced = replace_int4_weights(quantizer.model.model, layers, codes.layers, config.block_size)
-        if replaced != len(codes.layers):
-            raise RuntimeError(f"calibrated int4 codes fit {replaced} of {len(codes.layers)} MatMulNBits layers")  # a bug, not input
     packed = pack_matmuls(quantizer.model.model, packing) if packing else 0
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=external_data)
     return head, packed
@@ -445,12 +473,19 @@ def quantize_token_embedding(model, block: int, accuracy_level: int = 0, bits: i
         return None
     from edgeprune.onnx.graph import tensor_array
 
+    from onnx import TensorProto
+
     table = gather.input[0]
-    weight = tensor_array(inits[table], base) if base is not None else numpy_helper.to_array(inits[table])
-    if weight.ndim != 2 or weight.shape[1] % block or weight.dtype != np.float32:
+    dims = list(inits[table].dims)
+    if len(dims) != 2 or dims[1] % block or inits[table].data_type != TensorProto.FLOAT:
         return None
-    rows, cols = weight.shape
-    packed, scales = quantize_rows(weight, block, bits) if head_codes is None else head_codes
+    rows, cols = dims
+    if head_codes is None:  # round to nearest; calibrated codes need no read of the table (1 GB in fp32 for a 1B)
+        weight = tensor_array(inits[table], base) if base is not None else numpy_helper.to_array(inits[table])
+        packed, scales = quantize_rows(weight, block, bits)
+        del weight
+    else:
+        packed, scales = head_codes
     packed = packed.reshape(rows, cols // block, -1)
     q_name, s_name = table + f"_Q{bits}", table + "_scales"
     graph.initializer.extend([

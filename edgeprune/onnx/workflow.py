@@ -197,7 +197,9 @@ def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_
     written (GPTQ: before, as its calibration needs the model; streamed, block by block), so the model and the graph
     rewrite need not share memory. ``groups``: the prunable linears
     by the input they read (:func:`~edgeprune.onnx.quantization.stage_groups`)."""
+    from edgeprune.models.streaming import model_dtype
     from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph
+    from edgeprune.pruning.hidden import HiddenPolicy, hidden_dtype
 
     q = config.quantize
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
@@ -205,8 +207,12 @@ def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_
     if q.scheme == "int4" and q.method == "gptq" and q.symmetric:
         start = time.perf_counter()
         ref = reference()
-        codes = calibrate_int4(ref.loaded, q, stream=getattr(ref, "stream", None))
+        policy = HiddenPolicy.auto(dst.parent, dtype=hidden_dtype(model_dtype(ref.loaded.path)))  # as a prune keeps them
+        codes = calibrate_int4(ref.loaded, q, stream=getattr(ref, "stream", None), hidden_policy=policy)
         gptq_seconds = round(time.perf_counter() - start, 1)
+    if codes:  # recorded now: writing the graph consumes the layer codes
+        calibrated = {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
+                      "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in codes.layers.items() if c[2] == 8)}
     status(f"writing the {q.scheme} graph")
     packing = [[fp32_inits[n] for n in group] for group in groups if all(n in fp32_inits for n in group)]
     head, packed = quantize_graph(onnx_path, dst, q, external, (fp32_inits, codes) if codes else None,
@@ -218,8 +224,7 @@ def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_
         settings |= {"block_size": q.block_size, "symmetric": q.symmetric, "accuracy_level": q.accuracy_level,
                      "method": q.method if codes else "rtn", "packed_matmuls": packed}
     if codes:
-        settings |= {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),
-                     "act_order": q.act_order, "eight_bit_layers": sorted(n for n, c in codes.layers.items() if c[2] == 8)}
+        settings |= calibrated
     ref = reference()
     if ref.kind != "whole":
         settings["reference"] = "read block by block from the safetensors; quality teacher-forced on the graph's tokens"

@@ -24,7 +24,7 @@ from torch import nn
 from edgeprune.errors import EdgepruneError
 from edgeprune.models.base import Adapter
 from edgeprune.pruning.attention_math import attention_error, attention_probs
-from edgeprune.pruning.hidden import HiddenPolicy, fill
+from edgeprune.pruning.hidden import HiddenPolicy, as_block_input, fill
 from edgeprune.pruning.kernels import ColumnSquareNorms, CrossHessian, wanda_scores
 from edgeprune.sparsity import SparsitySpec, parse_sparsity
 from edgeprune.sparsity.permute import apply_permutation, kept_score, segment_permutations
@@ -69,7 +69,7 @@ class BlockContext:
 
     def batches(self):
         for start in range(0, self.inputs.shape[0], self.batch_size):
-            yield self.inputs[start : start + self.batch_size]
+            yield as_block_input(self.inputs[start : start + self.batch_size], self.block)
 
     def linears(self, block: nn.Module | None = None) -> dict[str, nn.Linear]:
         return self.adapter.block_linears(self.block if block is None else block)
@@ -189,7 +189,7 @@ def embed_calibration(adapter: Adapter, model: nn.Module, ids: torch.Tensor, bat
 def run_block_batched(adapter: Adapter, block: nn.Module, hidden: torch.Tensor, context: Any, batch_size: int,
                       policy: HiddenPolicy | None = None) -> torch.Tensor:
     """One block over all calibration hidden states: the next block's inputs (placed by ``policy``)."""
-    return fill((adapter.run_block(block, x, context) for x in hidden.split(batch_size)), len(hidden), policy)
+    return fill((adapter.run_block(block, as_block_input(x, block), context) for x in hidden.split(batch_size)), len(hidden), policy)
 
 
 def apply_results(linears: dict[str, nn.Linear], results: dict[str, LinearResult]) -> None:
@@ -344,7 +344,7 @@ def prune_model(
             w = linear.weight
             layers.append(LayerRecord(f"{ctx.prefix}.{name}", tuple(w.shape), float((w == 0).float().mean()), str(ctx.specs.get(name, "dense"))))
         if ctx.inputs is not None and error_samples:
-            errors.append({"block": ctx.index, "error": _block_attention_error(adapter, ctx.block, dense_block, ctx.inputs[:error_samples], ctx.context)})
+            errors.append({"block": ctx.index, "error": _block_attention_error(adapter, ctx.block, dense_block, as_block_input(ctx.inputs[:error_samples], ctx.block), ctx.context)})
         del dense_block
     seconds = time.perf_counter() - start
     diagnostics = list(getattr(pruner, "diagnostics", []))

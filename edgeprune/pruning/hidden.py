@@ -36,18 +36,21 @@ def parse_hidden_memory(value: str) -> int | None:
 
 @dataclass(frozen=True)
 class HiddenPolicy:
-    """``budget``: bytes the two live buffers may take in memory together; ``folder``: where a spill file goes."""
+    """``budget``: bytes the two live buffers may take in memory together; ``folder``: where a spill file goes;
+    ``dtype``: what the states are stored in (the model's dtype, e.g. bf16 for a bf16 checkpoint; None: as computed).
+    Blocks still compute in their own dtype (fp32): a stored batch is cast up as it is read (:func:`as_block_input`)."""
 
     budget: int
     folder: Path
+    dtype: torch.dtype | None = None
 
     @classmethod
-    def auto(cls, folder: Path, budget: int | None = None) -> "HiddenPolicy":
+    def auto(cls, folder: Path, budget: int | None = None, dtype: torch.dtype | None = None) -> "HiddenPolicy":
         if budget is None:
             import psutil
 
             budget = psutil.virtual_memory().available // 4
-        return cls(budget, Path(folder))
+        return cls(budget, Path(folder), dtype)
 
     def spills(self, shape: tuple[int, ...], dtype: torch.dtype) -> bool:
         return 2 * math.prod(shape) * _itemsize(dtype) > self.budget
@@ -87,13 +90,27 @@ def mapped_tensor(shape: tuple[int, ...], dtype: torch.dtype, folder: Path) -> t
     return torch.frombuffer(buffer, dtype=dtype, count=math.prod(shape)).view(shape)
 
 
+def hidden_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """What the hidden states of a model stored in ``model_dtype`` are kept in: its own dtype, except that fp16 models
+    keep them in bf16 (same size; fp16's range is too narrow for some residual streams, where inf would poison the
+    statistics silently)."""
+    return torch.bfloat16 if model_dtype in (torch.float16, torch.bfloat16) else torch.float32
+
+
+def as_block_input(x: torch.Tensor, block: torch.nn.Module) -> torch.Tensor:
+    """Stored hidden states (perhaps bf16) in the dtype ``block`` computes in (its first floating parameter's)."""
+    dtype = next((p.dtype for p in block.parameters() if p.is_floating_point()), x.dtype)
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def fill(batches, total: int, policy: HiddenPolicy | None) -> torch.Tensor:
     """Concatenate ``batches`` (tensors along dim 0, ``total`` rows in all) into one buffer the policy places."""
     out, start = None, 0
     for chunk in batches:
         if out is None:
             shape = (total, *chunk.shape[1:])
-            out = policy.allocate(shape, chunk.dtype, chunk.device) if policy is not None else torch.empty(shape, dtype=chunk.dtype, device=chunk.device)
+            dtype = (policy.dtype or chunk.dtype) if policy is not None else chunk.dtype
+            out = policy.allocate(shape, dtype, chunk.device) if policy is not None else torch.empty(shape, dtype=dtype, device=chunk.device)
         out[start : start + len(chunk)] = chunk
         start += len(chunk)
     if out is None or start != total:

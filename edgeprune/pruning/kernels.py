@@ -86,7 +86,7 @@ def layerwise_mask(scores: torch.Tensor, spec: SparsitySpec) -> torch.Tensor:
 
 def _damped_inverse_cholesky(hessian: torch.Tensor, weight: torch.Tensor, percdamp: float) -> torch.Tensor:
     """Upper Cholesky factor of H⁻¹ after SparseGPT's dead-input fix and λ = percdamp·mean(diag H)."""
-    H = hessian.clone().double()
+    H = hessian.to(torch.float64, copy=True)  # (not clone().double(): no fp32 copy on the way, 0.25 GB at 8192²)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     weight[:, dead] = 0

@@ -18,7 +18,7 @@ import torch
 from edgeprune.data import CalibConfig, calibration_batch
 from edgeprune.errors import EdgepruneError
 from edgeprune.pruning.engine import Pruner, PruneReport, prune_model, resolve_specs
-from edgeprune.pruning.hidden import HiddenPolicy, parse_hidden_memory
+from edgeprune.pruning.hidden import HiddenPolicy, hidden_dtype, parse_hidden_memory
 from edgeprune.pruning.registry import PRUNERS
 from edgeprune.sparsity import parse_sparsity
 
@@ -115,15 +115,18 @@ def prune(
     calib_ids = calibration_batch(loaded.tokenizer, config.calib, loaded.model)
     report = prune_model(
         loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
-        permute=config.permute, hidden_policy=_hidden_policy(config, out),
+        permute=config.permute, hidden_policy=_hidden_policy(config, out, loaded.path),
     )
     save_pruned(loaded, report, out, config, device, int(calib_ids.numel()), overwrite)
     return report
 
 
-def _hidden_policy(config: PruneConfig, out: str | Path) -> HiddenPolicy:
-    """Calibration hidden states beyond ``--hidden-memory`` spill next to the output (not to /tmp, often in RAM)."""
-    return HiddenPolicy.auto(Path(out).absolute().parent, parse_hidden_memory(config.hidden_memory))
+def _hidden_policy(config: PruneConfig, out: str | Path, source: Path | None) -> HiddenPolicy:
+    """Calibration hidden states are kept in the dtype of the model at ``source`` (16-bit: bf16); beyond
+    ``--hidden-memory`` they spill next to the output (not to /tmp, often in RAM)."""
+    from edgeprune.models.streaming import model_dtype
+
+    return HiddenPolicy.auto(Path(out).absolute().parent, parse_hidden_memory(config.hidden_memory), hidden_dtype(model_dtype(source)))
 
 
 def _streams(model: str, config: PruneConfig) -> bool:
@@ -196,7 +199,7 @@ def _prune_streamed(model, out, config: PruneConfig, overwrite, progress, spec, 
             status(f"resuming {out} after block {start - 1} (written by a stopped run)")
         report = prune_model(
             loaded.model, loaded.adapter, pruner, spec, calib_ids, config.overrides, config.batch_size, device, progress,
-            permute=config.permute, stream=stream, hidden_policy=_hidden_policy(config, out),
+            permute=config.permute, stream=stream, hidden_policy=_hidden_policy(config, out, stream.checkpoint.folder),
         )
         status(f"writing {out}")
         stream.finish()
@@ -238,12 +241,10 @@ def save_pruned(loaded, report: PruneReport, out, config: PruneConfig, device: s
 
 def _storage_dtype(loaded, config: PruneConfig):
     """``--dtype``, or for auto the dtype of the checkpoint the model came from (fp32 for GGUF and the Hub)."""
-    from edgeprune.models.streaming import Checkpoint, parse_storage_dtype
+    from edgeprune.models.streaming import model_dtype, parse_storage_dtype
 
     chosen = parse_storage_dtype(config.dtype)
-    if chosen is not None:
-        return chosen
-    return Checkpoint(loaded.path).storage_dtype() if Checkpoint.available(loaded.path) else torch.float32
+    return chosen if chosen is not None else model_dtype(loaded.path)
 
 
 def _write_prune_metadata(folder, loaded, report: PruneReport, config: PruneConfig, device: str, calib_tokens: int,
