@@ -24,6 +24,7 @@ import torch
 
 from edgeprune.onnx.configs import QuantizeConfig
 from edgeprune.progress import status
+from edgeprune.runtime import give_back_memory
 from edgeprune.sparsity import is_nm, parse_sparsity
 
 
@@ -164,6 +165,7 @@ def calibrate_int4(loaded, config: QuantizeConfig, stream=None, hidden_policy=No
                         linear.weight.data = new
                         out.layers[f"{ctx.prefix}.{name}"] = (*packed, 4)
                     del hessian  # nothing of a stage outlives it: a 1B block would otherwise keep ~1 GB to the next
+                    give_back_memory()
                 last = ctx
             hidden = last.outputs()  # the final hidden states (computed once, by the pipeline's propagation)
     finally:
@@ -225,8 +227,10 @@ def gptq_rows(table, hessian: torch.Tensor, config: QuantizeConfig) -> tuple[np.
     from edgeprune.pruning.kernels import gptq_int4
 
     step = max(1, GPTQ_ROWS_BYTES // (table.shape[1] * 4))
-    parts = [_packed(gptq_int4(table[r : r + step], hessian, config.block_size, config.act_order, config.damp)[1], config.block_size)
-             for r in range(0, table.shape[0], step)]
+    parts = []
+    for r in range(0, table.shape[0], step):
+        parts.append(_packed(gptq_int4(table[r : r + step], hessian, config.block_size, config.act_order, config.damp)[1], config.block_size))
+        give_back_memory()
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

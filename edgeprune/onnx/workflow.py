@@ -197,9 +197,8 @@ def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_
     written (GPTQ: before, as its calibration needs the model; streamed, block by block), so the model and the graph
     rewrite need not share memory. ``groups``: the prunable linears
     by the input they read (:func:`~edgeprune.onnx.quantization.stage_groups`)."""
-    from edgeprune.models.streaming import model_dtype
     from edgeprune.onnx.quantization import QuantReport, calibrate_int4, check_quantized, quantize_graph
-    from edgeprune.pruning.hidden import HiddenPolicy, hidden_dtype
+    from edgeprune.pruning.hidden import policy_for
 
     q = config.quantize
     external = any(p.name.endswith(".onnx_data") for p in onnx_path.parent.iterdir())
@@ -207,8 +206,7 @@ def _quantize(reference: Callable[[], WholeReference | StreamedReference], onnx_
     if q.scheme == "int4" and q.method == "gptq" and q.symmetric:
         start = time.perf_counter()
         ref = reference()
-        policy = HiddenPolicy.auto(dst.parent, dtype=hidden_dtype(model_dtype(ref.loaded.path)))  # as a prune keeps them
-        codes = calibrate_int4(ref.loaded, q, stream=getattr(ref, "stream", None), hidden_policy=policy)
+        codes = calibrate_int4(ref.loaded, q, stream=getattr(ref, "stream", None), hidden_policy=policy_for(ref.loaded.path, dst.parent))
         gptq_seconds = round(time.perf_counter() - start, 1)
     if codes:  # recorded now: writing the graph consumes the layer codes
         calibrated = {"calibrated_layers": len(codes.layers), "gptq_seconds": gptq_seconds, "calibration": asdict(q.calib),

@@ -26,6 +26,7 @@ from edgeprune.models.base import Adapter
 from edgeprune.pruning.attention_math import attention_error, attention_probs
 from edgeprune.pruning.hidden import HiddenPolicy, as_block_input, fill
 from edgeprune.pruning.kernels import ColumnSquareNorms, CrossHessian, wanda_scores
+from edgeprune.runtime import give_back_memory
 from edgeprune.sparsity import SparsitySpec, parse_sparsity
 from edgeprune.sparsity.permute import apply_permutation, kept_score, segment_permutations
 
@@ -164,6 +165,7 @@ def sequential(
             ctx.dense_block = ctx._dense_inputs = None
         if stream is not None:
             stream.save_progress(i + 1, hidden, context, gen)
+        give_back_memory()  # what the block's work freed: otherwise the heap grows block by block (runtime.py)
         if progress:
             progress(i + 1, len(blocks))
 

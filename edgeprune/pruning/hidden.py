@@ -62,6 +62,14 @@ class HiddenPolicy:
         return mapped_tensor(shape, dtype, self.folder)
 
 
+def policy_for(source: Path | None, folder: Path, budget: int | None = None) -> HiddenPolicy:
+    """The policy of a run on the model stored at ``source``: states in its dtype (:func:`hidden_dtype`), spilled to
+    ``folder`` beyond ``budget`` bytes (None: a quarter of the available memory)."""
+    from edgeprune.models.streaming import model_dtype
+
+    return HiddenPolicy.auto(folder, budget, hidden_dtype(model_dtype(source)))
+
+
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 

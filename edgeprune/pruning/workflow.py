@@ -18,7 +18,7 @@ import torch
 from edgeprune.data import CalibConfig, calibration_batch
 from edgeprune.errors import EdgepruneError
 from edgeprune.pruning.engine import Pruner, PruneReport, prune_model, resolve_specs
-from edgeprune.pruning.hidden import HiddenPolicy, hidden_dtype, parse_hidden_memory
+from edgeprune.pruning.hidden import HiddenPolicy, parse_hidden_memory, policy_for
 from edgeprune.pruning.registry import PRUNERS
 from edgeprune.sparsity import parse_sparsity
 
@@ -124,9 +124,7 @@ def prune(
 def _hidden_policy(config: PruneConfig, out: str | Path, source: Path | None) -> HiddenPolicy:
     """Calibration hidden states are kept in the dtype of the model at ``source`` (16-bit: bf16); beyond
     ``--hidden-memory`` they spill next to the output (not to /tmp, often in RAM)."""
-    from edgeprune.models.streaming import model_dtype
-
-    return HiddenPolicy.auto(Path(out).absolute().parent, parse_hidden_memory(config.hidden_memory), hidden_dtype(model_dtype(source)))
+    return policy_for(source, Path(out).absolute().parent, parse_hidden_memory(config.hidden_memory))
 
 
 def _streams(model: str, config: PruneConfig) -> bool:

@@ -53,13 +53,15 @@ def _zero_cols(linear: nn.Linear, keep: torch.Tensor) -> None:
 def reform_model(
     model: nn.Module, adapter: Adapter, kept: list[tuple[torch.Tensor, torch.Tensor]], calib_ids: torch.Tensor,
     reform: bool = True, damp: float = 0.01, batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
+    hidden_policy=None,
 ) -> list[dict]:
     """Mask the removed units (zero their output-projection columns) and, with ``reform``, re-fit the kept columns.
 
-    Returns per block the relative block-output error after removal alone and after reformation.
+    Returns per block the relative block-output error after removal alone and after reformation. ``hidden_policy``
+    places the hidden states between blocks (:mod:`edgeprune.pruning.hidden`).
     """
     log = []
-    for ctx, (heads, channels) in zip(sequential(adapter, model, calib_ids, batch_size, progress=progress), kept):
+    for ctx, (heads, channels) in zip(sequential(adapter, model, calib_ids, batch_size, progress=progress, hidden_policy=hidden_policy), kept):
         block = ctx.block
         ctx.keep_dense_copy()
         units = adapter.units(block)

@@ -95,11 +95,12 @@ def block_weights(block: nn.Module, units: Units) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def score_model(model: nn.Module, adapter: Adapter, calib_ids: torch.Tensor, score: str, batch_size: int = 8,
-                progress: Callable[[int, int], None] | None = None) -> list[UnitScores]:
-    """Scores of every block's units, from one layer-by-layer pass of the dense model over the calibration ids."""
+                progress: Callable[[int, int], None] | None = None, hidden_policy=None) -> list[UnitScores]:
+    """Scores of every block's units, from one layer-by-layer pass of the dense model over the calibration ids
+    (hidden states between blocks placed by ``hidden_policy``, :mod:`edgeprune.pruning.hidden`)."""
     fn = SCORES.get(score)
     out = []
-    for ctx in sequential(adapter, model, calib_ids, batch_size, progress=progress):
+    for ctx in sequential(adapter, model, calib_ids, batch_size, progress=progress, hidden_policy=hidden_policy):
         units = adapter.units(ctx.block)
         unit_scores = fn(block_weights(ctx.block, units), units, block_stats(ctx, units))
         influence = 1 - float(torch.nn.functional.cosine_similarity(ctx.inputs.float(), ctx.outputs().float(), dim=-1).mean())

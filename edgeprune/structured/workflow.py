@@ -213,6 +213,7 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
     """Remove heads and MLP channels from ``model`` under ``config``'s budget; write a smaller Hugging Face folder."""
     from edgeprune.io import check_out_dir
     from edgeprune.models.loading import load_model
+    from edgeprune.pruning.hidden import policy_for
     from edgeprune.runtime import resolve_device
 
     from edgeprune.data import check_text
@@ -233,11 +234,12 @@ def structured(model: str, out: str | Path, config: StructuredConfig = Structure
     before = sum(block_params(b, loaded.adapter) for b in loaded.adapter.blocks(loaded.model))
 
     step = lambda name: (lambda i, n: progress(name, i, n)) if progress else None  # noqa: E731
-    scores = score_model(loaded.model, loaded.adapter, calib_ids, config.score, config.batch_size, step("score"))
+    policy = policy_for(loaded.path, Path(out).absolute().parent)  # hidden states in the model's dtype, as a prune keeps them
+    scores = score_model(loaded.model, loaded.adapter, calib_ids, config.score, config.batch_size, step("score"), policy)
     arch, spaces, log, latency = choose_arch(loaded, config, scores, calib_ids, progress)
     kept = kept_units(arch, spaces, scores)
     reform_log = reform_model(loaded.model, loaded.adapter, kept, calib_ids, config.reform, config.reform_damp, config.batch_size,
-                              step("reform"))
+                              step("reform"), policy)
     for block, (heads, channels) in zip(loaded.adapter.blocks(loaded.model), kept):
         if heads.numel():
             remove_units(block, loaded.adapter, heads, channels)
